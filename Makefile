@@ -1,0 +1,47 @@
+# Two commands do all set-up on a fresh machine: `make demo` and `make test`.
+SHELL := /bin/bash
+PYTHON ?= python3
+VENV ?= .venv
+PY := $(VENV)/bin/python
+BIN := $(VENV)/bin
+STAMP := $(VENV)/.har_colab_installed
+SUDO := $(shell [ "$$(id -u)" = 0 ] || echo sudo)
+
+.PHONY: setup demo test check-sync readme nbtest pytest export clean-nbs bench
+
+setup: $(STAMP)
+
+$(STAMP): settings.ini setup.py constraints.txt
+	@if ! command -v ffmpeg >/dev/null || ! command -v unar >/dev/null; then \
+	  echo "installing system packages: ffmpeg (torchcodec) and unar (RAR archives)"; \
+	  $(SUDO) apt-get update -qq && DEBIAN_FRONTEND=noninteractive $(SUDO) apt-get install -y -qq ffmpeg unar >/dev/null; fi
+	@test -x $(PY) || $(PYTHON) -m venv $(VENV)
+	$(PY) -m pip install -q --upgrade pip
+	$(PY) -m pip install -q -c constraints.txt -e ".[dev]"
+	@touch $@
+
+demo: setup
+	$(BIN)/har-colab demo --run-dir runs/demo
+
+readme: setup
+	$(PY) .ci/readme.py
+
+export: setup
+	$(BIN)/nbdev_export
+
+check-sync: setup
+	$(PY) .ci/check_sync.py
+
+nbtest: setup
+	$(BIN)/nbdev_test --n_workers 2 --timing
+
+pytest: setup
+	$(PY) -m pytest tests/ -q
+
+test: setup
+	$(PY) .ci/check_sync.py
+	$(BIN)/nbdev_test --n_workers 2
+	$(PY) -m pytest tests/ -q
+
+bench: setup
+	$(PY) benchmarks/run_all.py

@@ -1,0 +1,28 @@
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+BIN = Path(sys.executable).parent
+
+
+def run_cli(*args, cwd=None, timeout=600, env=None):
+    "Run `har-colab ARGS` in a subprocess; returns CompletedProcess with text stdout/stderr."
+    e = dict(os.environ, **(env or {}))
+    e.setdefault("PYTHONUNBUFFERED", "1")
+    return subprocess.run([str(BIN / "har-colab"), *map(str, args)], cwd=cwd, capture_output=True, text=True,
+                          timeout=timeout, env=e)
+
+
+@pytest.fixture(scope="session")
+def motion_data(tmp_path_factory):
+    "A small synthetic motion dataset (8 classes x 24 videos), made once per test session."
+    from har_colab.synthetic import make_synthetic_dataset
+    return make_synthetic_dataset(tmp_path_factory.mktemp("data") / "motion", classes=8, videos_per_class=24, frames=24)
+
+
+@pytest.fixture(autouse=True)
+def _home(tmp_path, monkeypatch):
+    monkeypatch.setenv("HAR_COLAB_HOME", str(tmp_path / "home"))
