@@ -15,7 +15,8 @@ import numpy as np
 from .core import DataError, derive_seed
 
 # %% auto #0
-__all__ = ['VIDEO_EXTENSIONS', 'LOADERS', 'Samples', 'source_group', 'load_folder', 'load_samples', 'subset', 'train_val_split']
+__all__ = ['VIDEO_EXTENSIONS', 'LOADERS', 'HMDB51_TAGS', 'Samples', 'source_group', 'load_folder', 'load_samples', 'find_splits',
+           'hmdb51_group', 'load_hmdb51', 'load_ucf101', 'subset', 'train_val_split']
 
 # %% ../nbs/11_datasets.ipynb #9f5f601e
 VIDEO_EXTENSIONS = (".mp4", ".avi", ".mkv", ".mov", ".webm", ".m4v", ".mpg", ".mpeg", ".wmv", ".flv", ".3gp")
@@ -92,6 +93,127 @@ def load_samples(format:str, root, splits=None, split:int=1, fold:str="train") -
     "Samples of `format` ('folder', 'hmdb51', 'ucf101') under `root`; `splits`/`split`/`fold` choose an official split."
     if format not in LOADERS: raise DataError(f"unknown dataset format {format!r}; use one of {', '.join(sorted(LOADERS))}")
     return LOADERS[format](root, splits=splits, split=split, fold=fold)
+
+# %% ../nbs/11_datasets.ipynb #a53d6054
+def _check_split_fold(split, fold) -> int:
+    try: split = int(split)
+    except (TypeError, ValueError): split = None
+    if split not in (1, 2, 3): raise DataError(f"split must be 1, 2 or 3 (the official splits), got {split!r}; use --split 1")
+    if fold not in ("train", "test"): raise DataError(f"fold must be 'train' or 'test', got {fold!r}")
+    return split
+
+def find_splits(root, splits, subdir:str, has_files, what:str) -> Path:
+    "The first folder among `splits` (when given) or the default places for which `has_files(folder)` is true."
+    root = Path(root).expanduser()
+    places = [Path(splits).expanduser()] if splits else [root, root/subdir, root.parent/subdir, root.parent]
+    for d in places:
+        if d.is_dir() and has_files(d): return d
+    where = ", ".join(str(d) for d in places)
+    raise DataError(f"{what} not found (looked in {where}); extract the official split archive there "
+                    f"or pass its folder with --splits (splits=)")
+
+def _read_lines(path) -> list:
+    "Non-empty stripped lines of a split file, with their line numbers."
+    text = Path(path).read_text(encoding="utf-8", errors="replace")
+    return [(n, l.strip()) for n, l in enumerate(text.splitlines(), 1) if l.strip()]
+
+def _class_dirs(root, exclude=()) -> list:
+    "Sorted class sub-folders of `root`, without hidden folders and the split folder."
+    root = Path(root).expanduser()
+    if not root.is_dir(): raise DataError(f"dataset folder not found: {root}; point --data at the folder with one sub-folder per class")
+    excl = {Path(e).resolve() for e in exclude}
+    return sorted(p.name for p in root.iterdir() if p.is_dir() and not p.name.startswith(".") and p.resolve() not in excl)
+
+def _missing_error(missing, root, what:str):
+    name, src = missing[0]
+    return DataError(f"{len(missing)} videos named in the {what} split files are missing under {root}, first {name} "
+                     f"(listed in {src}); re-extract the dataset (har-colab prepare) or point --data at the right folder")
+
+# %% ../nbs/11_datasets.ipynb #d7ac2cb4
+_HMDB_CLIP = re.compile(r"^(.+)_\d+$")
+HMDB51_TAGS = {"train": 1, "test": 2}
+
+def hmdb51_group(path) -> str:
+    "The source recording of an HMDB51 clip: its name without the trailing `_<n>`."
+    m = _HMDB_CLIP.match(Path(path).stem)
+    return str(Path(path).parent/m.group(1)) if m else str(path)
+
+def load_hmdb51(root, splits=None, split:int=1, fold:str="train") -> Samples:
+    "The `fold` ('train'/'test') videos of official HMDB51 split `split` (1-3)."
+    split = _check_split_fold(split, fold)
+    root = Path(root).expanduser()
+    pattern = f"*_test_split{split}.txt"
+    sdir = find_splits(root, splits, "testTrainMulti_7030_splits", lambda d: any(d.glob(pattern)),
+                       f"HMDB51 split files ({pattern})")
+    classes = _class_dirs(root, exclude=[sdir])
+    files = {f.name[:-len(pattern) + 1]: f for f in sdir.glob(pattern)}
+    if not classes: raise DataError(f"no class folders in {root}; expected {root}/<class>/<video>.avi (extract hmdb51_org.rar there)")
+    no_file = [c for c in classes if c not in files]
+    if no_file: raise DataError(f"missing split file {sdir/(no_file[0] + pattern[1:])} ({len(no_file)} classes have none); "
+                                f"extract test_train_splits.rar into {sdir}")
+    no_dir = sorted(set(files) - set(classes))
+    if no_dir: raise DataError(f"split file {files[no_dir[0]]} names class {no_dir[0]!r} but {root/no_dir[0]} does not exist; "
+                               f"extract all of hmdb51_org.rar into {root}")
+    paths, labels, missing = [], [], []
+    for i, c in enumerate(classes):
+        chosen = []
+        for n, line in _read_lines(files[c]):
+            parts = line.rsplit(None, 1)
+            if len(parts) != 2 or parts[1] not in ("0", "1", "2"):
+                raise DataError(f"{files[c]} line {n}: expected '<video>.avi <0|1|2>', got {line!r}; re-extract the split archive")
+            if int(parts[1]) != HMDB51_TAGS[fold]: continue
+            p = root/c/parts[0]
+            if p.is_file(): chosen.append(str(p))
+            else: missing.append((f"{c}/{parts[0]}", files[c]))
+        if not missing and not chosen:
+            raise DataError(f"class {c!r} has no {fold} videos in split {split} ({files[c]}); the split file or folder {root/c} is incomplete")
+        paths += sorted(chosen); labels += [i]*len(chosen)
+    if missing: raise _missing_error(missing, root, "HMDB51")
+    return Samples(paths, labels, classes, [hmdb51_group(p) for p in paths], str(root))
+
+LOADERS["hmdb51"] = load_hmdb51
+
+# %% ../nbs/11_datasets.ipynb #49c81ca8
+def _ucf_classes(path) -> list:
+    names = {}
+    for n, line in _read_lines(path):
+        parts = line.split()
+        if len(parts) != 2 or not parts[0].isdigit(): raise DataError(f"{path} line {n}: expected '<index> <Class>', got {line!r}")
+        names[int(parts[0])] = parts[1]
+    if sorted(names) != list(range(1, len(names) + 1)): raise DataError(f"{path}: class indices must be 1..{len(names)}; re-extract the split archive")
+    return [names[i] for i in range(1, len(names) + 1)]
+
+def load_ucf101(root, splits=None, split:int=1, fold:str="train") -> Samples:
+    "The `fold` ('train'/'test') videos of official UCF101 split `split` (1-3)."
+    split = _check_split_fold(split, fold)
+    root = Path(root).expanduser()
+    name = f"{fold}list{split:02d}.txt"
+    sdir = find_splits(root, splits, "ucfTrainTestlist", lambda d: (d/"classInd.txt").is_file() or (d/name).is_file(),
+                       f"UCF101 split files (classInd.txt, {name})")
+    for f in ("classInd.txt", name):
+        if not (sdir/f).is_file(): raise DataError(f"missing split file {sdir/f}; extract UCF101TrainTestSplits-RecognitionTask.zip into {sdir.parent}")
+    if not root.is_dir(): raise DataError(f"dataset folder not found: {root}; point --data at the UCF-101 folder")
+    classes = _ucf_classes(sdir/"classInd.txt")
+    index = {c: i for i, c in enumerate(classes)}
+    chosen, missing = {i: [] for i in range(len(classes))}, []
+    for n, line in _read_lines(sdir/name):
+        parts = line.split()
+        rel = parts[0].replace("\\", "/")
+        c = rel.split("/")[0]
+        if c not in index or len(parts) > 2 or (len(parts) == 2 and parts[1] != str(index[c] + 1)):
+            raise DataError(f"{sdir/name} line {n}: {line!r} does not match {sdir/'classInd.txt'}; re-extract the split archive")
+        p = root.joinpath(*rel.split("/"))
+        if p.is_file(): chosen[index[c]].append(str(p))
+        else: missing.append((rel, sdir/name))
+    if missing: raise _missing_error(missing, root, "UCF101")
+    empty = [classes[i] for i, v in chosen.items() if not v]
+    if empty: raise DataError(f"class {empty[0]!r} has no {fold} videos in {sdir/name} ({len(empty)} classes have none); "
+                              f"classInd.txt and {name} do not belong together")
+    paths = [p for i in range(len(classes)) for p in sorted(chosen[i])]
+    labels = [i for i in range(len(classes)) for _ in chosen[i]]
+    return Samples(paths, labels, classes, [source_group(p) for p in paths], str(root))
+
+LOADERS["ucf101"] = load_ucf101
 
 # %% ../nbs/11_datasets.ipynb #8b5a244e
 def _rng(*parts): return np.random.Generator(np.random.PCG64(derive_seed(*parts)))
