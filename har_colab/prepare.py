@@ -197,8 +197,11 @@ def _escapes(name:str) -> bool:
 
 def check_members(members, archive) -> list:
     "Raise `DataError` naming the first member that would land outside the target folder; returns `members`."
+    links = {m.name.replace("\\", "/").rstrip("/") for m in members if m.kind == "symlink"}
     for m in members:
-        bad = _escapes(m.name) or m.kind == "other"
+        parts = m.name.replace("\\", "/").rstrip("/").split("/")
+        through_link = any("/".join(parts[:i]) in links for i in range(1, len(parts)))   # written via a link: refuse
+        bad = _escapes(m.name) or m.kind == "other" or through_link
         if m.kind in ("symlink", "hardlink") and not bad:
             base = posixpath.dirname(m.name.replace("\\", "/").rstrip("/")) if m.kind == "symlink" else ""
             target = (m.link or "").replace("\\", "/")
@@ -229,7 +232,9 @@ def _extract_into(archive, target, progress=True):
                 t.extract(m, target, **kw)
     elif shutil.which("unar"):
         r = subprocess.run(["unar", "-q", "-f", "-D", "-nr", "-o", str(target), str(archive)], capture_output=True, text=True)
-        if r.returncode: raise DataError(f"unar could not extract {archive}: {(r.stderr or r.stdout).strip().splitlines()[-1:]}; download it again")
+        if r.returncode:
+            last = ((r.stderr or r.stdout).strip().splitlines() or ["unknown error"])[-1]
+            raise DataError(f"unar could not extract {archive}: {last}; download it again")
     else:
         import rarfile
         try:

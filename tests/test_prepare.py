@@ -173,6 +173,8 @@ UNSAFE = [
     ("tar-absolute.tar.gz", tar_bytes, [("/tmp/evil.txt", b"x")], "'/tmp/evil.txt'"),
     ("tar-symlink.tar.gz", tar_bytes, [("ok/ln", ("link", "/etc")), ("ok/ln/evil.txt", b"x")], "symlink 'ok/ln' -> '/etc'"),
     ("tar-symlink-rel.tar.gz", tar_bytes, [("ok/ln", ("link", "../..")), ("ok/ln/evil.txt", b"x")], "symlink 'ok/ln' -> '../..'"),
+    ("tar-symlink-chain.tar.gz", tar_bytes, [("x/l1", ("link", "..")), ("x/l1/l2", ("link", "..")), ("x/l1/l2/evil.txt", b"x")],
+     "symlink 'x/l1/l2' -> '..'"),
     ("tar-hardlink.tar.gz", tar_bytes, [("ok/hl", ("hard", "../evil.txt"))], "hardlink 'ok/hl' -> '../evil.txt'"),
     ("rar-dotdot.rar", rar4, [("ok", None), ("ok/a.avi", b"1"), ("../evil.txt", b"x")], "'../evil.txt'"),
     ("rar-symlink.rar", rar4, [("ok/ln", ("link", "../../outside"))], "'ok/ln' -> '../../outside'"),
