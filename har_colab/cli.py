@@ -43,8 +43,8 @@ def build_parser() -> argparse.ArgumentParser:
     d = sub.add_parser("demo", help="train tiny3d on the synthetic motion dataset (CPU-friendly, a few minutes)")
     d.add_argument("--run-dir", default="runs/demo", help="run folder (default: runs/demo)")
     d.add_argument("--data", default=None, help="where the synthetic dataset goes (default: beside the run folder)")
-    d.add_argument("--epochs", type=int, default=8, help="epochs (default: 8)")
-    d.add_argument("--videos-per-class", type=int, default=50, help="videos per class (default: 50)")
+    d.add_argument("--epochs", type=int, default=15, help="epochs (default: 15)")
+    d.add_argument("--videos-per-class", type=int, default=100, help="videos per class (default: 100)")
     d.add_argument("--workers", type=int, default=2, help="DataLoader workers (default: 2)")
     d.add_argument("--seed", type=int, default=0, help="seed (default: 0)")
     d.add_argument("--shuffle-frames", action="store_true", help="control run: frames shuffled in time (should stay near chance)")
@@ -108,11 +108,12 @@ def _run_fit(cfg, chance_classes=None) -> int:
               f"best {100*res.best_val_acc:.1f}%, chance {100/n:.1f}%; run folder {res.run_dir}")
     return 3 if res.status == "stopped" else 0
 
-def demo_config(run_dir, data, epochs:int=8, workers:int=2, seed:int=0, shuffle_frames:bool=False, **kw):
+def demo_config(run_dir, data, epochs:int=15, workers:int=2, seed:int=0, shuffle_frames:bool=False, **kw):
     "The demo's `TrainConfig`: tiny3d on the synthetic motion dataset, no flips (they change the direction)."
     from har_colab.train import TrainConfig
+    kw = {"min_crop_area": 0.6, **kw}
     return TrainConfig(run_dir=str(run_dir), data=str(data), model="tiny3d", pretrained=False, epochs=epochs, batch_size=16,
-                       lr=3e-3, weight_decay=0.01, warmup_epochs=0.5, label_smoothing=0.0, hflip=False, eval_clips=1,
+                       lr=5e-4, weight_decay=0.01, warmup_epochs=0.5, label_smoothing=0.0, hflip=False, eval_clips=1,
                        val_fraction=0.2, workers=workers, seed=seed, shuffle_frames=shuffle_frames, **kw)
 
 def cmd_demo(a) -> int:

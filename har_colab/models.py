@@ -82,7 +82,7 @@ class Tiny3D(nn.Module):
         return self.fc(self.dropout(self.pool(x).flatten(1)))
 
 register(ModelSpec("tiny3d", "har_colab", lambda num_classes=400: Tiny3D(num_classes), frames=8, stride=2, resize=64, crop=56,
-                   lr=3e-3, optimizer="adamw", params_m=0.3, note="tiny 3D CNN for CPU tests and the demo; no pretrained weights",
+                   lr=5e-4, optimizer="adamw", params_m=0.3, note="tiny 3D CNN for CPU tests and the demo; no pretrained weights",
                    source="har_colab"))
 
 # %% ../nbs/20_models.ipynb #27324c40

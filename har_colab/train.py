@@ -451,7 +451,8 @@ def fit(config:TrainConfig, callbacks=None, echo=print) -> FitResult:
                          freeze_mode=cfg.freeze, k=cfg.freeze_k)
     model.to(device)
     preflight(model, spec, cfg.frames, train_s.num_classes, device)
-    kw = dict(backend=cfg.backend, seed=cfg.seed, frames=cfg.frames, shuffle_frames=cfg.shuffle_frames)
+    kw = dict(backend=cfg.backend, seed=cfg.seed, frames=cfg.frames, shuffle_frames=cfg.shuffle_frames, strict=cfg.strict,
+              run_dir=str(run.root))
     train_ds = ClipDataset(train_s, spec, train=True, hflip=cfg.hflip, min_crop_area=cfg.min_crop_area, **kw)
     val_ds = ClipDataset(val_s, spec, train=False, clips_per_video=cfg.eval_clips, **kw)
     cbs = default_callbacks(cfg) if callbacks is None else list(callbacks)

@@ -18,9 +18,9 @@ def run_cli(*args, cwd=None, timeout=600, env=None):
 
 @pytest.fixture(scope="session")
 def motion_data(tmp_path_factory):
-    "A small synthetic motion dataset (8 classes x 24 videos), made once per test session."
+    "A small synthetic motion dataset (8 classes x 100 videos, the demo default), made once per test session."
     from har_colab.synthetic import make_synthetic_dataset
-    return make_synthetic_dataset(tmp_path_factory.mktemp("data") / "motion", classes=8, videos_per_class=24, frames=24)
+    return make_synthetic_dataset(tmp_path_factory.mktemp("data") / "motion", classes=8, videos_per_class=100, frames=24)
 
 
 @pytest.fixture(autouse=True)
