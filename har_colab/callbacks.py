@@ -145,4 +145,6 @@ def default_callbacks(cfg:TrainConfig) -> list:
     cbs = [SignalCallback(), ProgressCallback(cfg.progress), MetricsCallback(),
            CheckpointCallback(cfg.save_every_minutes, cfg.keep), TimeBudgetCallback(cfg.time_budget_minutes)]
     if cfg.plot: cbs.append(PlotCallback())
+    from har_colab.doctor import DoctorCallback
+    cbs.append(DoctorCallback())
     return cbs

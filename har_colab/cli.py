@@ -106,6 +106,7 @@ def _run_fit(cfg, chance_classes=None) -> int:
         f = res.final; n = len(f) and (chance_classes or len(res.trainer.class_names))
         print(f"summary: {len(res.history)} epochs, val_acc {100*f['val_acc']:.1f}% (video {100*f['val_video_acc']:.1f}%), "
               f"best {100*res.best_val_acc:.1f}%, chance {100/n:.1f}%; run folder {res.run_dir}")
+    for w in res.warnings: print(f"doctor: {w.name}: {w.evidence}; {w.advice}")
     return 3 if res.status == "stopped" else 0
 
 def demo_config(run_dir, data, epochs:int=15, workers:int=2, seed:int=0, shuffle_frames:bool=False, **kw):

@@ -27,11 +27,12 @@ def local_home() -> Path:
     "The folder used instead of Drive outside Colab: `$HAR_COLAB_HOME`, else `~/har_colab`."
     return Path(os.environ.get("HAR_COLAB_HOME", Path.home()/"har_colab")).expanduser()
 
-def mount_drive(mountpoint:str="/content/drive", force_remount:bool=False) -> Path:
+def mount_drive(mountpoint:str|None=None, force_remount:bool=False) -> Path:
     "Mount Google Drive in Colab (idempotent) and return `MyDrive`; elsewhere return `local_home()`."
     if not in_colab():
         home = local_home(); home.mkdir(parents=True, exist_ok=True)
         return home
+    mountpoint = mountpoint or os.environ.get("HAR_COLAB_DRIVE_MOUNT", "/content/drive")
     mydrive = Path(mountpoint)/"MyDrive"
     if mydrive.is_dir() and not force_remount: return mydrive
     from google.colab import drive
@@ -55,7 +56,7 @@ def workspace(name:str, drive_root=None, local_root=None, mount:bool=True) -> Wo
     if drive_root is None: drive_root = (mount_drive() if mount else local_home())
     drive_root = Path(drive_root)
     persistent = drive_root/"har_colab" if in_colab() or drive_root.name == "MyDrive" else drive_root
-    if local_root is None: local_root = Path("/content") if in_colab() else local_home()
+    if local_root is None: local_root = os.environ.get("HAR_COLAB_LOCAL_ROOT") or (Path("/content") if in_colab() else local_home())
     ws = Workspace(run_dir=persistent/"runs"/name, data_dir=Path(local_root)/"data",
                    weights_dir=persistent/"weights", drive=persistent)
     for p in (ws.run_dir, ws.data_dir, ws.weights_dir): p.mkdir(parents=True, exist_ok=True)

@@ -63,6 +63,7 @@ class TrainConfig:
     min_crop_area: float = _f(0.25, "smallest area fraction of the training random resized crop (1: no zoom)")
     hflip: bool = _f(True, "random horizontal flips in training (off for direction-sensitive classes)")
     shuffle_frames: bool = _f(False, "control experiment: shuffle frames in time (the model can only use appearance)")
+    weights_dir: str = _f(None, "pretrained weights cache (default: Drive in Colab, else torch hub's cache)")
     workers: int = _f(2, "DataLoader worker processes")
     device: str = _f("auto", "auto, cpu, cuda or cuda:N")
     seed: int = _f(0, "seed of everything: subset, splits, clip sampling, initialisation")
@@ -80,7 +81,7 @@ class TrainConfig:
     def to_dict(self) -> dict: return dataclasses.asdict(self)
 
 # %% ../nbs/40_train.ipynb #15ac078b
-MAY_CHANGE_ON_RESUME = {"run_dir", "data", "splits", "epochs", "workers", "device", "backend", "strict", "cache",
+MAY_CHANGE_ON_RESUME = {"run_dir", "data", "splits", "weights_dir", "epochs", "workers", "device", "backend", "strict", "cache",
                         "save_every_minutes", "time_budget_minutes", "keep", "force_resume", "progress", "plot"}
 
 def resolve_config(cfg:TrainConfig) -> TrainConfig:
@@ -399,6 +400,7 @@ class FitResult:
     history: list        # one dict per epoch (the rows of metrics.csv)
     run_dir: Path
     trainer: Trainer = None
+    warnings: list = field(default_factory=list)   # what the doctor's training watch found
     @property
     def best_val_acc(self): return max((h["val_acc"] for h in self.history), default=None)
     @property
@@ -448,7 +450,7 @@ def fit(config:TrainConfig, callbacks=None, echo=print) -> FitResult:
     device = resolve_device(cfg.device)
     from har_colab.models import create_model
     model = create_model(cfg.model, train_s.num_classes, pretrained=cfg.pretrained and state is None,
-                         freeze_mode=cfg.freeze, k=cfg.freeze_k)
+                         freeze_mode=cfg.freeze, k=cfg.freeze_k, weights_dir=cfg.weights_dir)
     model.to(device)
     preflight(model, spec, cfg.frames, train_s.num_classes, device)
     kw = dict(backend=cfg.backend, seed=cfg.seed, frames=cfg.frames, shuffle_frames=cfg.shuffle_frames, strict=cfg.strict,
@@ -469,7 +471,8 @@ def fit(config:TrainConfig, callbacks=None, echo=print) -> FitResult:
         run.log(f"started {cfg.model} on {len(train_s)} train / {len(val_s)} val videos, {train_s.num_classes} classes, "
                 f"{tr:,} trainable / {fr:,} frozen parameters, device {device}", echo)
     status = trainer.fit()
-    return FitResult(status, trainer.stop_reason or "", trainer.history, run.root, trainer)
+    warnings = [w for cb in trainer.callbacks for w in getattr(cb, "warnings", [])]
+    return FitResult(status, trainer.stop_reason or "", trainer.history, run.root, trainer, warnings)
 
 # %% ../nbs/40_train.ipynb #834d4979
 @dataclass
