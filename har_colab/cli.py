@@ -43,7 +43,7 @@ def build_parser() -> argparse.ArgumentParser:
     d = sub.add_parser("demo", help="train tiny3d on the synthetic motion dataset (CPU-friendly, a few minutes)")
     d.add_argument("--run-dir", default="runs/demo", help="run folder (default: runs/demo)")
     d.add_argument("--data", default=None, help="where the synthetic dataset goes (default: beside the run folder)")
-    d.add_argument("--epochs", type=int, default=15, help="epochs (default: 15)")
+    d.add_argument("--epochs", type=int, default=20, help="epochs (default: 20)")
     d.add_argument("--videos-per-class", type=int, default=100, help="videos per class (default: 100)")
     d.add_argument("--workers", type=int, default=2, help="DataLoader workers (default: 2)")
     d.add_argument("--seed", type=int, default=0, help="seed (default: 0)")
@@ -109,7 +109,7 @@ def _run_fit(cfg, chance_classes=None) -> int:
     for w in res.warnings: print(f"doctor: {w.name}: {w.evidence}; {w.advice}")
     return 3 if res.status == "stopped" else 0
 
-def demo_config(run_dir, data, epochs:int=15, workers:int=2, seed:int=0, shuffle_frames:bool=False, **kw):
+def demo_config(run_dir, data, epochs:int=20, workers:int=2, seed:int=0, shuffle_frames:bool=False, **kw):
     "The demo's `TrainConfig`: tiny3d on the synthetic motion dataset, no flips (they change the direction)."
     from har_colab.train import TrainConfig
     kw = {"min_crop_area": 0.6, **kw}
