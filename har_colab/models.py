@@ -95,7 +95,7 @@ class Tiny3D(nn.Module):
         return self.fc(self.dropout(self.pool(x).flatten(1)))
 
 register(ModelSpec("tiny3d", "har_colab", lambda num_classes=400: Tiny3D(num_classes), frames=8, stride=2, resize=64, crop=56,
-                   lr=3e-3, optimizer="adamw", params_m=0.3, note="tiny 3D CNN for CPU tests and the demo; no pretrained weights",
+                   lr=3e-3, optimizer="adamw", params_m=0.35, note="tiny 3D CNN for CPU tests and the demo; no pretrained weights",
                    source="har_colab", blocks=("stem", "layer1", "layer2", "layer3")))
 
 # %% ../nbs/20_models.ipynb #3917de8c
@@ -301,6 +301,7 @@ def load_pretrained(model:nn.Module, spec:ModelSpec, weights_dir=None, progress:
                                                  check_hash=spec.family == "torchvision", file_name=spec.weights_file,
                                                  weights_only=spec.family == "torchvision")
     except OSError as e:   # URLError, HTTPError, ConnectionError, timeouts, a read-only folder
+        if path.is_file(): raise ConfigError(f"{path} cannot be read ({type(e).__name__}: {e}); delete it to download it again") from None
         reason = " ".join(str(getattr(e, "reason", None) or e).split())[:120]
         raise ConfigError(f"pretrained weights {spec.weights_file} for {spec.name} are not in {folder} and could not be "
                           f"downloaded ({type(e).__name__}: {reason}); fetch {spec.weights_url} into {folder} (or set "
@@ -384,7 +385,8 @@ def _shape_of(out) -> str:
     if torch.is_tensor(out): return _fmt(out.shape)
     if isinstance(out, (list, tuple)):
         parts = [_shape_of(o) for o in out if torch.is_tensor(o) or isinstance(o, (list, tuple))]
-        return "[" + "; ".join(parts) + "]"
+        parts = [p for p in parts if p != "[]"]                 # MViT blocks also return their (T, H, W)
+        return parts[0] if len(parts) == 1 else "[" + "; ".join(parts) + "]"
     return type(out).__name__
 
 def count_macs(model:nn.Module, x) -> int:
