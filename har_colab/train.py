@@ -238,7 +238,7 @@ class Trainer:
         self.warmup_steps = int(round(cfg.warmup_epochs * self.steps_per_epoch))
         self.amp_dtype, use_scaler = amp_setup(self.device, cfg.amp)
         self.model.to(self.device)
-        self.channels_last = cfg.channels_last and self.device.type == "cuda" and self.spec.family != "transformer"
+        self.channels_last = cfg.channels_last and self.device.type == "cuda" and getattr(self.spec, "arch", "cnn") != "transformer"
         if self.channels_last: self.model.to(memory_format=torch.channels_last_3d)
         self.opt = make_optimizer(model, cfg)
         self.sched = torch.optim.lr_scheduler.LambdaLR(self.opt, lambda s: lr_factor(s, self.warmup_steps, self.total_steps))
