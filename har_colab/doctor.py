@@ -579,7 +579,7 @@ def doctor(config:TrainConfig, run_dir=None, checks=None, *, samples_override=No
     C = len(train.class_names)
 
     model = model_override if model_override is not None else create_model(
-        cfg.model, C, pretrained=cfg.pretrained, freeze_mode=cfg.freeze, k=cfg.freeze_k)
+        cfg.model, C, pretrained=cfg.pretrained, freeze=cfg.freeze, k=cfg.freeze_k)
     model = model.to(device)
     head = _head(model, spec); head_size = getattr(head, "out_features", None)
 

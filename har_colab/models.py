@@ -20,7 +20,7 @@ from .env import in_colab
 # %% auto #0
 __all__ = ['MODELS', 'FREEZE_MODES', 'ModelSpec', 'register', 'list_models', 'get_spec', 'Tiny3D',
            'pytorchvideo_transforms_compat', 'pack_pathways', 'SlowFast', 'get_head', 'head_classes', 'set_head',
-           'model_blocks', 'freeze', 'count_parameters', 'weights_cache_dir', 'load_pretrained', 'create_model',
+           'model_blocks', 'freeze_layers', 'count_parameters', 'weights_cache_dir', 'load_pretrained', 'create_model',
            'check_input', 'models_table', 'count_macs', 'count_gflops', 'inspect_model']
 
 # %% ../nbs/20_models.ipynb #4e7c69fb
@@ -250,7 +250,7 @@ def model_blocks(model:nn.Module, spec:ModelSpec) -> list:
         else: out.append((path, _get(model, path)))
     return [(n, m) for n, m in out if _has_params(m)]
 
-def freeze(model:nn.Module, spec:ModelSpec, mode:str="none", k:int=1) -> nn.Module:
+def freeze_layers(model:nn.Module, spec:ModelSpec, mode:str="none", k:int=1) -> nn.Module:
     "Set `requires_grad` for `mode`: none, backbone (head only trains), all_but_last_k, all."
     if mode not in FREEZE_MODES: raise ConfigError(f"freeze={mode!r}; use one of {', '.join(FREEZE_MODES)}")
     train = []
@@ -315,18 +315,18 @@ def load_pretrained(model:nn.Module, spec:ModelSpec, weights_dir=None, progress:
     return model
 
 # %% ../nbs/20_models.ipynb #9e8ac156
-def create_model(name:str, num_classes:int, pretrained:bool=True, freeze_mode:str="none", k:int=1, weights_dir=None) -> nn.Module:
+def create_model(name:str, num_classes:int, pretrained:bool=True, freeze:str="none", k:int=1, weights_dir=None) -> nn.Module:
     "Model `name` with a `num_classes` head (pretrained weights load first, then the head is swapped)."
     spec = get_spec(name)
     if num_classes < 2: raise ConfigError(f"num_classes={num_classes}; a classifier needs at least 2 classes")
     if pretrained and not spec.weights_url:
         raise ConfigError(f"{name} has no pretrained weights; use pretrained=False (--no-pretrained)")
-    if freeze_mode not in FREEZE_MODES: raise ConfigError(f"freeze={freeze_mode!r}; use one of {', '.join(FREEZE_MODES)}")
+    if freeze not in FREEZE_MODES: raise ConfigError(f"freeze={freeze!r}; use one of {', '.join(FREEZE_MODES)}")
     model = spec.builder(400 if pretrained else num_classes)
     if pretrained:
         load_pretrained(model, spec, weights_dir)
         set_head(model, spec, num_classes)
-    return freeze(model, spec, freeze_mode, k)
+    return freeze_layers(model, spec, freeze, k)
 
 # %% ../nbs/20_models.ipynb #d3486459
 def _fmt(shape) -> str: return ",".join(map(str, shape))

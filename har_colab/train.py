@@ -450,7 +450,7 @@ def fit(config:TrainConfig, callbacks=None, echo=print) -> FitResult:
     device = resolve_device(cfg.device)
     from har_colab.models import create_model
     model = create_model(cfg.model, train_s.num_classes, pretrained=cfg.pretrained and state is None,
-                         freeze_mode=cfg.freeze, k=cfg.freeze_k, weights_dir=cfg.weights_dir)
+                         freeze=cfg.freeze, k=cfg.freeze_k, weights_dir=cfg.weights_dir)
     model.to(device)
     preflight(model, spec, cfg.frames, train_s.num_classes, device)
     kw = dict(backend=cfg.backend, seed=cfg.seed, frames=cfg.frames, shuffle_frames=cfg.shuffle_frames, strict=cfg.strict,

@@ -68,41 +68,41 @@ def _trainable(model): return count_parameters(model)[0]
 
 
 def test_freeze_r3d_18():
-    m = create_model("r3d_18", 7, pretrained=False, freeze_mode="backbone")
+    m = create_model("r3d_18", 7, pretrained=False, freeze="backbone")
     assert _trainable(m) == 512 * 7 + 7
-    m = create_model("r3d_18", 7, pretrained=False, freeze_mode="all_but_last_k", k=1)
+    m = create_model("r3d_18", 7, pretrained=False, freeze="all_but_last_k", k=1)
     assert _trainable(m) == _n(m.layer4, m.fc)
-    m = create_model("r3d_18", 7, pretrained=False, freeze_mode="all_but_last_k", k=2)
+    m = create_model("r3d_18", 7, pretrained=False, freeze="all_but_last_k", k=2)
     assert _trainable(m) == _n(m.layer3, m.layer4, m.fc)
     assert all(not p.requires_grad for p in m.stem.parameters())
-    assert _trainable(create_model("r3d_18", 7, pretrained=False, freeze_mode="all")) == 0
+    assert _trainable(create_model("r3d_18", 7, pretrained=False, freeze="all")) == 0
     m = create_model("r3d_18", 7, pretrained=False)
     assert count_parameters(m) == (_n(m), 0)
     with pytest.raises(ConfigError, match="use 1 <= k <= 5"):
-        create_model("r3d_18", 7, pretrained=False, freeze_mode="all_but_last_k", k=6)
-    with pytest.raises(ConfigError, match="freeze='head'"): create_model("r3d_18", 7, pretrained=False, freeze_mode="head")
+        create_model("r3d_18", 7, pretrained=False, freeze="all_but_last_k", k=6)
+    with pytest.raises(ConfigError, match="freeze='head'"): create_model("r3d_18", 7, pretrained=False, freeze="head")
 
 
 def test_freeze_x3d_s():
-    m = create_model("x3d_s", 7, pretrained=False, freeze_mode="backbone")
+    m = create_model("x3d_s", 7, pretrained=False, freeze="backbone")
     assert _trainable(m) == 2048 * 7 + 7
-    m = create_model("x3d_s", 7, pretrained=False, freeze_mode="all_but_last_k", k=1)
+    m = create_model("x3d_s", 7, pretrained=False, freeze="all_but_last_k", k=1)
     assert _trainable(m) == _n(m.blocks[4], m.blocks[5])                # last stage + the whole head block (its convs)
-    m = create_model("x3d_s", 7, pretrained=False, freeze_mode="all_but_last_k", k=5)
+    m = create_model("x3d_s", 7, pretrained=False, freeze="all_but_last_k", k=5)
     assert _trainable(m) == _n(m)
 
 
 def test_freeze_mvit_v2_s():
-    m = create_model("mvit_v2_s", 7, pretrained=False, freeze_mode="backbone")
+    m = create_model("mvit_v2_s", 7, pretrained=False, freeze="backbone")
     assert _trainable(m) == 768 * 7 + 7
-    m = create_model("mvit_v2_s", 7, pretrained=False, freeze_mode="all_but_last_k", k=2)
+    m = create_model("mvit_v2_s", 7, pretrained=False, freeze="all_but_last_k", k=2)
     assert _trainable(m) == _n(m.blocks[14], m.blocks[15], m.norm, m.head)
     with pytest.raises(ConfigError, match="use 1 <= k <= 16"):
-        create_model("mvit_v2_s", 7, pretrained=False, freeze_mode="all_but_last_k", k=17)
+        create_model("mvit_v2_s", 7, pretrained=False, freeze="all_but_last_k", k=17)
 
 
 def test_freeze_s3d_conv_head():
-    m = create_model("s3d", 7, pretrained=False, freeze_mode="backbone")
+    m = create_model("s3d", 7, pretrained=False, freeze="backbone")
     assert type(get_head(m, get_spec("s3d"))).__name__ == "Conv3d"
     assert _trainable(m) == 1024 * 7 + 7
 
@@ -157,7 +157,7 @@ def test_offline_cache_env_var(tmp_path, no_network, monkeypatch):
     torch.save(ref.state_dict(), tmp_path / "mc3_18-a90a0ba3.pth")
     monkeypatch.setenv("HAR_COLAB_WEIGHTS", str(tmp_path))
     assert weights_cache_dir() == tmp_path
-    m = create_model("mc3_18", 3, pretrained=True, freeze_mode="backbone")
+    m = create_model("mc3_18", 3, pretrained=True, freeze="backbone")
     assert torch.equal(m.stem[0].weight, ref.stem[0].weight) and count_parameters(m)[0] == 512 * 3 + 3
 
 
