@@ -26,3 +26,8 @@ def motion_data(tmp_path_factory):
 @pytest.fixture(autouse=True)
 def _home(tmp_path, monkeypatch):
     monkeypatch.setenv("HAR_COLAB_HOME", str(tmp_path / "home"))
+
+
+def pytest_configure(config):
+    config.addinivalue_line("markers", "slow: heavier tests (large models on the CPU); still run by `make test`")
+    config.addinivalue_line("markers", "gpu: needs a CUDA GPU (skipped without one)")
