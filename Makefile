@@ -7,7 +7,7 @@ BIN := $(VENV)/bin
 STAMP := $(VENV)/.har_colab_installed
 SUDO := $(shell [ "$$(id -u)" = 0 ] || echo sudo)
 
-.PHONY: setup demo test check-sync readme nbtest pytest export clean-nbs bench
+.PHONY: setup demo test test-slow check-sync readme nbtest pytest export clean-nbs bench
 
 setup: $(STAMP)
 
@@ -36,12 +36,15 @@ nbtest: setup
 	$(BIN)/nbdev_test --n_workers 2 --timing
 
 pytest: setup
-	$(PY) -m pytest tests/ -q
+	$(PY) -m pytest tests/ -q -m "not slow"
 
 test: setup
 	$(PY) .ci/check_sync.py
 	$(BIN)/nbdev_test --n_workers 2 --skip_file_re "^(colab_hmdb51|own_dataset)"
-	$(PY) -m pytest tests/ -q
+	$(PY) -m pytest tests/ -q -m "not slow"
+
+test-slow: setup
+	$(PY) -m pytest tests/ -q -m slow
 
 bench: setup
 	$(PY) benchmarks/run_all.py

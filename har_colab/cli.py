@@ -107,6 +107,7 @@ def _run_fit(cfg, chance_classes=None) -> int:
         print(f"summary: {len(res.history)} epochs, val_acc {100*f['val_acc']:.1f}% (video {100*f['val_video_acc']:.1f}%), "
               f"best {100*res.best_val_acc:.1f}%, chance {100/n:.1f}%; run folder {res.run_dir}")
     for w in res.warnings: print(f"doctor: {w.name}: {w.evidence}; {w.advice}")
+    if res.bad_videos: print(f"skipped {len(res.bad_videos)} unreadable videos (listed in {res.run_dir/'events.log'})")
     return 3 if res.status == "stopped" else 0
 
 def demo_config(run_dir, data, epochs:int=20, workers:int=2, seed:int=0, shuffle_frames:bool=False, **kw):

@@ -13,7 +13,7 @@ import torch
 from .core import DataError, derive_seed, log_event, torch_generator
 from .datasets import Samples
 from .transforms import VideoTransform
-from .video import open_video, resolve_backend
+from .video import BACKEND_ORDER, backend_available, open_video, resolve_backend
 
 # %% auto #0
 __all__ = ['REFERENCE_FPS', 'effective_stride', 'clip_span', 'clip_indices', 'train_clip_indices', 'eval_clip_indices',
@@ -75,13 +75,28 @@ class ClipDataset(torch.utils.data.Dataset):
         self.frames = int(frames or spec.frames)
         self.transform = VideoTransform(spec, train=train, hflip=hflip, scale=(min_crop_area, 1.0))
         self.bad_videos = []          # paths skipped in this process
+        self.fallbacks = []           # paths the chosen backend could not decode but another one could
     def __len__(self): return len(self.samples) * self.clips_per_video
     def video_index(self, i:int) -> int: return i // self.clips_per_video
     def _read_video(self, v:int, k:int, epoch:int) -> tuple:
-        "Clip `k` of video `v` for `epoch`: uint8 `T,C,H,W` and label; `DataError` when the file does not decode."
+        "Clip `k` of video `v` for `epoch`: uint8 `T,C,H,W` and label; `DataError` when no backend decodes the file."
         path, label = self.samples[v]
+        others = [b for b in BACKEND_ORDER if b != self.backend and backend_available(b)]
+        first = None
+        for backend in [self.backend] + others:
+            try: x = self._read_with(backend, path, v, k, epoch)
+            except DataError as e:
+                first = first or e
+                continue
+            if first is not None and path not in self.fallbacks:   # decoded, but not by the chosen backend
+                self.fallbacks.append(path)
+                msg = f"decoded {path} with {backend}: {self.backend} failed ({first})"
+                if self.run_dir is None or _log_once(self.run_dir, msg, f"decoded {path} with "): warnings.warn(msg)
+            return x, label
+        raise first
+    def _read_with(self, backend:str, path, v:int, k:int, epoch:int) -> torch.Tensor:
         g = torch_generator(self.seed, int(epoch), v, "clip")
-        with open_video(path, self.backend) as video:
+        with open_video(path, backend) as video:
             stride = effective_stride(self.spec.stride, video.info.fps)
             if self.train: idx = train_clip_indices(video.info.frames, self.frames, stride, g)
             else: idx = eval_clip_indices(video.info.frames, self.frames, stride, self.clips_per_video)[k]
@@ -89,7 +104,7 @@ class ClipDataset(torch.utils.data.Dataset):
         x = self.transform.geometry(frames, g)
         if self.shuffle_frames:  # control experiment: destroys the order of frames, keeps their content
             x = x[torch.randperm(x.shape[0], generator=torch_generator(self.seed, int(epoch), v, "shuffle"))]
-        return x, label
+        return x
     def _skip(self, path:str, e:DataError):
         "Report a bad video once (warning, run log), or raise in strict mode."
         if self.strict: raise DataError(f"{e} (strict=True stops at bad videos; remove the file or use strict=False)") from None

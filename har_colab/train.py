@@ -401,6 +401,7 @@ class FitResult:
     run_dir: Path
     trainer: Trainer = None
     warnings: list = field(default_factory=list)   # what the doctor's training watch found
+    bad_videos: list = field(default_factory=list) # videos skipped because they do not decode (see events.log)
     @property
     def best_val_acc(self): return max((h["val_acc"] for h in self.history), default=None)
     @property
@@ -472,7 +473,9 @@ def fit(config:TrainConfig, callbacks=None, echo=print) -> FitResult:
                 f"{tr:,} trainable / {fr:,} frozen parameters, device {device}", echo)
     status = trainer.fit()
     warnings = [w for cb in trainer.callbacks for w in getattr(cb, "warnings", [])]
-    return FitResult(status, trainer.stop_reason or "", trainer.history, run.root, trainer, warnings)
+    bad = sorted({l.split("skipped bad video ", 1)[1].split(":")[0] for l in run.events.read_text().splitlines()
+                  if "skipped bad video " in l}) if run.events.exists() else []
+    return FitResult(status, trainer.stop_reason or "", trainer.history, run.root, trainer, warnings, bad)
 
 # %% ../nbs/40_train.ipynb #834d4979
 @dataclass
