@@ -31,7 +31,7 @@ def format_epoch(row:dict, epochs:int) -> str:
 
 class ProgressCallback(Callback):
     "Batch progress bar and per-epoch summary lines."
-    order = 10
+    order, main_process_only = 10, True
     def __init__(self, bars:bool=True): self.bars, self.bar = bars, None
     def before_epoch(self, t):
         if not self.bars or t.step_in_epoch >= t.steps_per_epoch: return
@@ -61,13 +61,13 @@ def metrics_csv(history:list) -> str:
 
 class MetricsCallback(Callback):
     "Writes `RUN/metrics.csv` after every epoch."
-    order = 20
+    order, main_process_only = 20, True
     def after_validate(self, t): atomic_write_text(t.run.metrics, metrics_csv(t.history))
 
 # %% ../nbs/41_callbacks.ipynb #163fac17
 class CheckpointCallback(Callback):
     "Saves the trainer's state to the run folder."
-    order = 30
+    order, main_process_only = 30, True
     def __init__(self, every_minutes:float=5.0, keep:int=2):
         self.every, self.keep, self.last_save = every_minutes * 60, keep, time.time()
     def before_fit(self, t): self.last_save = time.time()
@@ -101,7 +101,7 @@ def in_notebook() -> bool:
 
 class PlotCallback(Callback):
     "Writes `curves.png` each epoch and updates an inline figure in notebooks."
-    order = 40
+    order, main_process_only = 40, True
     def __init__(self, live:bool|None=None): self.live, self.handle = live, None
     def _draw(self, t):
         chance = 1 / t.num_classes

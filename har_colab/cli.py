@@ -101,7 +101,11 @@ def cmd_synth(a) -> int:
 
 def _run_fit(cfg, chance_classes=None) -> int:
     from har_colab.train import fit
+    from har_colab.distributed import barrier, cleanup, is_main
     res = fit(cfg)
+    main = is_main()
+    barrier(); cleanup()              # under torchrun: every process leaves the job together (only process 0 prints)
+    if not main: return 3 if res.status == "stopped" else 0
     if res.history:
         f = res.final; n = len(f) and (chance_classes or len(res.trainer.class_names))
         print(f"summary: {len(res.history)} epochs, val_acc {100*f['val_acc']:.1f}% (video {100*f['val_video_acc']:.1f}%), "

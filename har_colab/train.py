@@ -18,11 +18,14 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from .core import ConfigError, DataError, HarError, amp_dtype, atomic_write_json, resolve_device, seed_everything
+from .core import (ConfigError, DataError, HarError, amp_dtype, atomic_write_json, derive_seed, resolve_device,
+                            seed_everything)
 from .datasets import Samples, load_samples, subset, train_val_split
 from .clips import ClipDataset
 from .models import check_input, count_parameters, create_model, get_spec
 from .checkpoint import (FORMAT_VERSION, RunFolder, find_checkpoint, get_rng_state, load_checkpoint, set_rng_state)
+from .distributed import (all_reduce_sum, barrier, broadcast_buffers, init_distributed, is_distributed, is_main, rank,
+                                   shard, stop_requests, worker_ignore_signals, world_size, wrap_model)
 
 # %% auto #0
 __all__ = ['MAY_CHANGE_ON_RESUME', 'EVENTS', 'TrainConfig', 'resolve_config', 'config_diff', 'EpochBatchSampler', 'lr_factor',
@@ -48,7 +51,7 @@ class TrainConfig:
     freeze_k: int = _f(1, "with freeze=all_but_last_k: how many top-level blocks train")
     frames: int = _f(None, "frames per clip (default: the model's)")
     epochs: int = _f(10, "total epochs (may be raised when resuming)")
-    batch_size: int = _f(8, "effective batch size (per optimizer step)")
+    batch_size: int = _f(8, "effective batch size per optimizer step, over all GPUs and accumulation micro-batches")
     accumulate: int = _f(1, "gradient accumulation: batch_size is split into this many micro-batches")
     lr: float = _f(None, "peak learning rate (default: the model's fine-tuning LR)")
     optimizer: str = _f(None, "optimizer (default: the model's)", choices=("adamw", "sgd"))
@@ -59,6 +62,7 @@ class TrainConfig:
     clip_grad: float = _f(1.0, "gradient norm clipping (0: off)")
     amp: str = _f("auto", "mixed precision", choices=("auto", "off", "fp16", "bf16"))
     channels_last: bool = _f(True, "channels_last_3d memory format on CUDA for convolutional models")
+    sync_bn: bool = _f(False, "under torchrun: SyncBatchNorm, BatchNorm statistics over all GPUs' micro-batches (CUDA)")
     eval_clips: int = _f(3, "uniformly spaced clips per video for video-level accuracy")
     min_crop_area: float = _f(0.25, "smallest area fraction of the training random resized crop (1: no zoom)")
     hflip: bool = _f(True, "random horizontal flips in training (off for direction-sensitive classes)")
@@ -118,10 +122,10 @@ def config_diff(saved:dict, new:dict) -> list:
 
 # %% ../nbs/40_train.ipynb #982498a6
 class EpochBatchSampler:
-    "Batches of `(index, epoch)` keys in a seeded per-epoch order, startable mid-epoch."
-    def __init__(self, n:int, batch_size:int, seed:int, num_batches:int|None=None, shuffle:bool=True):
-        self.n, self.batch_size, self.seed, self.shuffle = n, batch_size, seed, shuffle
-        self.num_batches = num_batches if num_batches is not None else n // batch_size
+    "Batches of `(index, epoch)` keys in a seeded per-epoch order, startable mid-epoch; process `rank` of `world` gets every `world`-th."
+    def __init__(self, n:int, batch_size:int, seed:int, num_batches:int|None=None, shuffle:bool=True, rank:int=0, world:int=1):
+        self.n, self.batch_size, self.seed, self.shuffle, self.rank, self.world = n, batch_size, seed, shuffle, rank, world
+        self.num_batches = num_batches if num_batches is not None else n // (batch_size * world)
         self.epoch, self.start = 0, 0
     def order(self, epoch:int) -> torch.Tensor:
         "The sample order of `epoch`."
@@ -133,7 +137,8 @@ class EpochBatchSampler:
     def __iter__(self):
         order = self.order(self.epoch)
         for b in range(self.start, self.num_batches):
-            yield [(int(i), self.epoch) for i in order[b*self.batch_size:(b+1)*self.batch_size]]
+            j = b * self.world + self.rank
+            yield [(int(i), self.epoch) for i in order[j*self.batch_size:(j+1)*self.batch_size]]
 
 # %% ../nbs/40_train.ipynb #22229b88
 def lr_factor(step:int, warmup_steps:int, total_steps:int, final:float=0.01) -> float:
@@ -197,10 +202,13 @@ def ignore_stop_signals(worker_id:int=0):
 
 # %% ../nbs/40_train.ipynb #8fca614c
 @torch.no_grad()
-def evaluate(model:nn.Module, loader, num_classes:int, to_device=None, autocast=None, check_stop=None, batches=None) -> tuple:
+def evaluate(model:nn.Module, loader, num_classes:int, to_device=None, autocast=None, check_stop=None, batches=None,
+             part:range|None=None) -> tuple:
     "(metrics, per-video probabilities, per-video labels) of `model` over `loader` (a sequential `ClipDataset` loader)."
+    # part: under DDP, the videos of this process (`loader` holds a `Subset` of their clips); results are summed over processes
     import contextlib
-    ds = loader.dataset; K = ds.clips_per_video; nv = len(ds) // K
+    ds = loader.dataset; ds = getattr(ds, "dataset", ds); K = ds.clips_per_video; nv = len(ds) // K
+    first = part.start if part is not None else 0
     to_device = to_device or (lambda x: x)
     model.eval()
     probs = torch.zeros(nv, num_classes, dtype=torch.float64); labels = torch.full((nv,), -1, dtype=torch.long)
@@ -211,9 +219,13 @@ def evaluate(model:nn.Module, loader, num_classes:int, to_device=None, autocast=
         with (autocast() if autocast else contextlib.nullcontext()): out = model(x).float()
         loss_sum += float(F.cross_entropy(out, y, reduction="sum")); correct += int((out.argmax(1) == y).sum())
         if num_classes > 5: top5 += int((out.topk(5, 1).indices == y[:, None]).any(1).sum())
-        vids = torch.arange(seen, seen + len(y)) // K
+        vids = first + torch.arange(seen, seen + len(y)) // K
         probs.index_add_(0, vids, out.softmax(1).double().cpu()); labels[vids] = y.cpu()
         seen += len(y)
+    if part is not None:                                   # each video's row is non-zero in exactly one process
+        loss_sum, correct, top5, seen = all_reduce_sum([loss_sum, correct, top5, seen])
+        both = all_reduce_sum(torch.cat([probs, (labels + 1).double()[:, None]], 1))
+        probs, labels = both[:, :-1], both[:, -1].long() - 1
     m = {"val_loss": loss_sum / max(1, seen), "val_acc": correct / max(1, seen),
          "val_video_acc": float((probs.argmax(1) == labels).double().mean()) if nv else 0.0}
     if num_classes > 5: m["val_top5"] = top5 / max(1, seen)
@@ -228,7 +240,12 @@ class Trainer:
         self.spec, self.class_names = get_spec(cfg.model), list(train_ds.samples.class_names)
         self.num_classes, self.samples, self.echo = len(self.class_names), samples or {}, echo
         self.device = device or resolve_device(cfg.device)
-        self.micro = cfg.batch_size // cfg.accumulate
+        W = world_size()
+        if cfg.batch_size % (W * cfg.accumulate):
+            k = W * cfg.accumulate; fix = max(k, round(cfg.batch_size / k) * k)
+            raise ConfigError(f"batch_size={cfg.batch_size} (the global batch) does not split evenly over {W} processes x "
+                              f"accumulate {cfg.accumulate}; use --batch-size {fix} (a multiple of {k})")
+        self.micro = cfg.batch_size // (W * cfg.accumulate)      # clips per forward pass in each process
         n = len(train_ds)
         if n < cfg.batch_size:
             raise ConfigError(f"batch_size={cfg.batch_size} is larger than the {n} training videos; use --batch-size {max(1, n // 2)}")
@@ -240,7 +257,8 @@ class Trainer:
         self.model.to(self.device)
         self.channels_last = cfg.channels_last and self.device.type == "cuda" and getattr(self.spec, "arch", "cnn") != "transformer"
         if self.channels_last: self.model.to(memory_format=torch.channels_last_3d)
-        self.opt = make_optimizer(model, cfg)
+        self.model, self.net = wrap_model(self.model, self.device, cfg.sync_bn)   # net: DDP under torchrun, else the model
+        self.opt = make_optimizer(self.model, cfg)
         self.sched = torch.optim.lr_scheduler.LambdaLR(self.opt, lambda s: lr_factor(s, self.warmup_steps, self.total_steps))
         self.scaler = torch.amp.GradScaler(self.device.type, enabled=use_scaler)
         self.loss_fn = nn.CrossEntropyLoss(label_smoothing=cfg.label_smoothing)
@@ -248,14 +266,18 @@ class Trainer:
         self.epoch, self.step_in_epoch, self.global_step = 0, 0, 0
         self.running = {"loss": 0.0, "correct": 0, "count": 0, "seconds": 0.0}
         self.history, self.best_val_acc, self.stop_reason, self.last_metrics = [], None, None, {}
-        self.sampler = EpochBatchSampler(n, self.micro, cfg.seed, self.steps_per_epoch * cfg.accumulate)
+        self.sampler = EpochBatchSampler(n, self.micro, cfg.seed, self.steps_per_epoch * cfg.accumulate, rank=rank(), world=W)
         cuda = self.device.type == "cuda"
         kw = dict(num_workers=cfg.workers, pin_memory=cuda, persistent_workers=cfg.workers > 0)
         if cfg.workers > 0: kw["prefetch_factor"] = 4 if cuda else 2
         # a generator of its own: creating an iterator must not consume the global RNG (exact resume)
-        if cfg.workers > 0: kw["worker_init_fn"] = ignore_stop_signals
+        if cfg.workers > 0: kw["worker_init_fn"] = worker_ignore_signals if is_distributed() else ignore_stop_signals
         self.train_loader = torch.utils.data.DataLoader(train_ds, batch_sampler=self.sampler, generator=torch.Generator(), **kw)
-        self.val_loader = torch.utils.data.DataLoader(val_ds, batch_size=self.micro, shuffle=False, generator=torch.Generator(), **kw)
+        # under DDP each process evaluates a block of whole videos
+        self.val_part = shard(len(val_ds) // val_ds.clips_per_video) if is_distributed() else None
+        vds = val_ds if self.val_part is None else torch.utils.data.Subset(
+            val_ds, range(self.val_part.start * val_ds.clips_per_video, self.val_part.stop * val_ds.clips_per_video))
+        self.val_loader = torch.utils.data.DataLoader(vds, batch_size=self.micro, shuffle=False, generator=torch.Generator(), **kw)
 
     # --- state -------------------------------------------------------------------------------------------------
     def state_dict(self) -> dict:
@@ -272,6 +294,7 @@ class Trainer:
         if st["model_name"] != self.cfg.model or len(st["class_names"]) != self.num_classes:
             raise HarError(f"the checkpoint is for {st['model_name']} with {len(st['class_names'])} classes, this run is "
                            f"{self.cfg.model} with {self.num_classes}; use another --run-dir for a new run")
+        torch.nn.modules.utils.consume_prefix_in_state_dict_if_present(st["model"], "module.")
         try: self.model.load_state_dict(st["model"])
         except RuntimeError as e:
             raise HarError(f"the checkpoint's weights do not fit {self.cfg.model} ({str(e).splitlines()[0][:120]}); use another --run-dir") from None
@@ -283,12 +306,18 @@ class Trainer:
 
     # --- events ------------------------------------------------------------------------------------------------
     def event(self, name:str):
-        for cb in self.callbacks: getattr(cb, name)(self)
+        "Call `name` on the callbacks; under DDP those marked `main_process_only` (files, printing) run in process 0 only."
+        for cb in self.callbacks:
+            if is_main() or not getattr(cb, "main_process_only", False): getattr(cb, name)(self)
     def request_stop(self, reason:str):
         "Ask the loop to stop at the next step boundary (with a checkpoint)."
         if self.stop_reason is None: self.stop_reason = reason
     def _check_stop(self):
         if self.stop_reason: raise StopTraining(self.stop_reason)
+    def _stop_point(self):
+        "A step boundary: under DDP all processes learn whether any asked to stop, and stop at this same step."
+        if is_distributed(): self.stop_reason = stop_requests(self.stop_reason)
+        self._check_stop()
     @property
     def lr(self) -> float: return self.opt.param_groups[0]["lr"]
     @property
@@ -319,14 +348,18 @@ class Trainer:
         return torch.autocast(self.device.type, dtype=self.amp_dtype)
     def train_step(self, micro_batches:list):
         "One optimizer step over `accumulate` micro-batches."
+        import contextlib
         self.model.train()
+        if is_distributed(): torch.manual_seed(derive_seed(self.cfg.seed, "dropout", rank(), self.global_step))
         loss_sum, correct, count = 0.0, 0, 0
-        for x, y in micro_batches:
+        for i, (x, y) in enumerate(micro_batches):
             x, y = self._to_device(x), y.to(self.device, non_blocking=True)
-            with self._autocast():
-                out = self.model(x)
-                loss = self.loss_fn(out.float(), y)
-            self.scaler.scale(loss / len(micro_batches)).backward()
+            last = i == len(micro_batches) - 1       # DDP averages gradients over processes after the last micro-batch
+            with (self.net.no_sync() if self.net is not self.model and not last else contextlib.nullcontext()):
+                with self._autocast():
+                    out = self.net(x)
+                    loss = self.loss_fn(out.float(), y)
+                self.scaler.scale(loss / len(micro_batches)).backward()
             loss_sum += float(loss.detach()) * len(y); correct += int((out.argmax(1) == y).sum()); count += len(y)
         if self.cfg.clip_grad:
             self.scaler.unscale_(self.opt)
@@ -334,14 +367,18 @@ class Trainer:
         self.scaler.step(self.opt); self.scaler.update()
         self.opt.zero_grad(set_to_none=True)
         self.sched.step()
+        loss_sum, correct, count = all_reduce_sum([loss_sum, correct, count])   # the global batch's numbers
         self.last_loss = loss_sum / count
         for k, v in (("loss", loss_sum), ("correct", correct), ("count", count)): self.running[k] += v
 
     # --- evaluation ------------------------------------------------------------------------------------------------
     def evaluate(self, loader=None, check_stop:bool=True) -> dict:
         "val_loss, clip accuracy, video accuracy (softmax averaged over the video's clips), top-5 when > 5 classes."
+        ddp = is_distributed() and loader is None
+        if ddp: broadcast_buffers(self.model)              # process 0's BatchNorm statistics, the checkpoint's
         m, self.val_probs, self.val_labels = evaluate(self.model, loader or self.val_loader, self.num_classes, self._to_device,
-                                                      self._autocast, self._check_stop if check_stop else None, self._batches)
+                                                      self._autocast, self._check_stop if check_stop and not ddp else None,
+                                                      self._batches, self.val_part if ddp else None)
         return m
 
     # --- the loop --------------------------------------------------------------------------------------------------
@@ -358,6 +395,7 @@ class Trainer:
         finally:
             self.close()
             self.event("after_fit")
+        barrier()        # under DDP no process exits (and makes torchrun end the others) before process 0 has saved
         return status
 
     def run_epoch(self):
@@ -374,9 +412,9 @@ class Trainer:
                 self.step_in_epoch += 1; self.global_step += 1
                 self.running["seconds"] += time.time() - t0; t0 = time.time()
                 self.event("after_step")
-                self._check_stop()
+                self._stop_point()
         self.event("after_train")
-        self._check_stop()
+        self._stop_point()
         t0 = time.time()
         m = self.evaluate()
         r = self.running
@@ -429,7 +467,11 @@ def fit(config:TrainConfig, callbacks=None, echo=print) -> FitResult:
     "Train (or resume) the run described by `config`."
     from har_colab.callbacks import default_callbacks
     cfg = resolve_config(config)
+    device = resolve_device(init_distributed(cfg.device))   # under torchrun: join the job, one GPU per process
     run = RunFolder(cfg.run_dir).mkdir()
+    if not is_main():                                       # only process 0 writes the run folder and prints
+        echo = lambda *a, **k: None
+        run.log = lambda message, echo=None: None
     state, path = find_checkpoint(run, echo)
     if state is not None:
         diff = config_diff(state["config"], cfg.to_dict())
@@ -444,11 +486,10 @@ def fit(config:TrainConfig, callbacks=None, echo=print) -> FitResult:
         if val_s is not None and len(val_s) == 0:
             raise DataError("the validation set is empty; raise --val-fraction or add videos")
     samples = {"train": train_s.to_dict(), "val": val_s.to_dict()}
-    if not run.samples.exists(): atomic_write_json(run.samples, samples)
-    atomic_write_json(run.config, cfg.to_dict())
+    if is_main() and not run.samples.exists(): atomic_write_json(run.samples, samples)
+    if is_main(): atomic_write_json(run.config, cfg.to_dict())
     seed_everything(cfg.seed)
     spec = get_spec(cfg.model)
-    device = resolve_device(cfg.device)
     from har_colab.models import create_model
     model = create_model(cfg.model, train_s.num_classes, pretrained=cfg.pretrained and state is None,
                          freeze=cfg.freeze, k=cfg.freeze_k, weights_dir=cfg.weights_dir)
@@ -470,7 +511,8 @@ def fit(config:TrainConfig, callbacks=None, echo=print) -> FitResult:
     else:
         tr, fr = count_parameters(model)
         run.log(f"started {cfg.model} on {len(train_s)} train / {len(val_s)} val videos, {train_s.num_classes} classes, "
-                f"{tr:,} trainable / {fr:,} frozen parameters, device {device}", echo)
+                f"{tr:,} trainable / {fr:,} frozen parameters, device {device}"
+                + (f", {world_size()} processes (DDP)" if is_distributed() else ""), echo)
     status = trainer.fit()
     warnings = [w for cb in trainer.callbacks for w in getattr(cb, "warnings", [])]
     bad = sorted({l.split("skipped bad video ", 1)[1].split(":")[0] for l in run.events.read_text().splitlines()

@@ -1,0 +1,189 @@
+"""Issue 8: the same run under torchrun with DDP (2 CPU processes, gloo): trains like 1 process, survives a killed
+process and resumes bit-exact with the same world size (and from/to 1 process), stops all processes on one SIGTERM,
+and validates every video exactly once."""
+import csv
+import json
+import os
+import shutil
+import signal
+import socket
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+import torch
+
+ROOT = Path(__file__).resolve().parents[1]
+
+
+def env():
+    return dict(os.environ, PYTHONPATH=str(ROOT), OMP_NUM_THREADS="1", PYTHONUNBUFFERED="1")
+
+
+def free_port():
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def train_args(run, data, *extra):
+    return ["train", "--run-dir", run, "--data", data, "--model", "tiny3d", "--no-pretrained", "--no-hflip", "--epochs", "3",
+            "--batch-size", "8", "--lr", "5e-4", "--eval-clips", "2", "--workers", "0", "--no-progress", "--no-plot", *extra]
+
+
+def command(nproc, args):
+    "`har-colab ARGS` in 1 process, or under torchrun with `nproc` processes."
+    if nproc == 1: return [sys.executable, "-m", "har_colab.cli", *map(str, args)]
+    return [sys.executable, "-m", "torch.distributed.run", f"--nproc_per_node={nproc}", "--master_port", str(free_port()),
+            "-m", "har_colab.cli", *map(str, args)]
+
+
+def run(nproc, args, timeout=400):
+    return subprocess.run(command(nproc, args), capture_output=True, text=True, env=env(), timeout=timeout)
+
+
+def start(nproc, args):
+    return subprocess.Popen(command(nproc, args), stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, env=env())
+
+
+def rows(run_dir):
+    return [{k: v for k, v in r.items() if k != "epoch_seconds"} for r in csv.DictReader(open(Path(run_dir) / "metrics.csv"))]
+
+
+def weights(run_dir):
+    return torch.load(Path(run_dir) / "checkpoints" / "last.pt", weights_only=True)["model"]
+
+
+def assert_same_weights(a, b):
+    wa, wb = weights(a), weights(b)
+    assert wa.keys() == wb.keys() and not any(k.startswith("module.") for k in wa)
+    for k in wa: assert torch.equal(wa[k], wb[k]), k
+
+
+def events(run_dir):
+    p = Path(run_dir) / "events.log"
+    return p.read_text() if p.exists() else ""
+
+
+def rank_pid(torchrun_pid, rank, timeout=120):
+    "The pid of the worker process with RANK=`rank` started by torchrun `torchrun_pid`."
+    deadline = time.time() + timeout
+    while time.time() < deadline:
+        for d in Path("/proc").iterdir():
+            if not d.name.isdigit(): continue
+            try:
+                ppid = int((d / "stat").read_text().rsplit(")", 1)[1].split()[1])
+                if ppid == torchrun_pid and f"\0RANK={rank}\0".encode() in b"\0" + (d / "environ").read_bytes():
+                    return int(d.name)
+            except (OSError, IndexError, ValueError):
+                continue
+        time.sleep(0.1)
+    raise AssertionError(f"no worker with RANK={rank}")
+
+
+def wait_for(cond, p, timeout=300):
+    deadline = time.time() + timeout
+    while not cond() and p.poll() is None and time.time() < deadline: time.sleep(0.05)
+    assert p.poll() is None, "training ended before the test could interrupt it:\n" + p.stdout.read()[-3000:]
+
+
+@pytest.fixture(scope="module")
+def small_data(tmp_path_factory):
+    from har_colab.synthetic import make_synthetic_dataset
+    return make_synthetic_dataset(tmp_path_factory.mktemp("dist") / "motion", classes=4, videos_per_class=14, frames=20)
+
+
+@pytest.fixture(scope="module")
+def one_ref(small_data, tmp_path_factory):
+    d = tmp_path_factory.mktemp("one") / "run"
+    r = run(1, train_args(d, small_data))
+    assert r.returncode == 0, r.stderr[-3000:]
+    return d
+
+
+@pytest.fixture(scope="module")
+def two_ref(small_data, tmp_path_factory):
+    d = tmp_path_factory.mktemp("two") / "run"
+    r = run(2, train_args(d, small_data))
+    assert r.returncode == 0, r.stdout[-2000:] + r.stderr[-3000:]
+    return d
+
+
+@pytest.mark.timeout(600)
+def test_two_processes_train_like_one_and_checkpoints_move_between_them(small_data, one_ref, two_ref, tmp_path):
+    one, two = rows(one_ref), rows(two_ref)
+    assert len(one) == len(two) == 3
+    for a, b in zip(one, two):
+        for k in ("train_loss", "val_loss"):                   # same samples, steps and LR; BN over 4 instead of 8 clips
+            assert abs(float(a[k]) - float(b[k])) <= 0.15 * float(a[k]), (k, a, b)
+        for k in ("train_acc", "val_acc"): assert abs(float(a[k]) - float(b[k])) <= 0.25, (k, a, b)
+        assert a["lr"] == b["lr"]
+    log = events(two_ref)
+    assert log.count("started ") == 1 and "2 processes (DDP)" in log     # process 0 alone writes events.log
+    assert json.loads((two_ref / "config.json").read_text())["batch_size"] == 8
+    # a 1-process checkpoint resumes under 2 processes, and back
+    up = tmp_path / "up"; shutil.copytree(one_ref, up)
+    r = run(2, train_args(up, small_data, "--epochs", "4"))
+    assert r.returncode == 0, r.stderr[-3000:]
+    down = tmp_path / "down"; shutil.copytree(up, down)
+    r = run(1, train_args(down, small_data, "--epochs", "5"))
+    assert r.returncode == 0, r.stderr[-3000:]
+    assert [len(rows(up)), len(rows(down))] == [4, 5] and rows(down)[:3] == one
+    # a batch that does not split over the processes: one line naming the fix
+    r = run(2, train_args(tmp_path / "odd", small_data, "--batch-size", "7"))
+    err = [l for l in r.stderr.splitlines() if l.startswith("har-colab train: error:")]
+    assert r.returncode != 0 and err and "--batch-size 8" in err[0] and "exitcode  : 2" in r.stderr, r.stderr[-3000:]
+
+
+@pytest.mark.timeout(600)
+def test_killed_process_resumes_bit_exact(small_data, two_ref, tmp_path):
+    d = tmp_path / "run"
+    p = start(2, train_args(d, small_data, "--save-every-minutes", "0.001"))   # a checkpoint after (almost) every step
+    wait_for(lambda: "epoch_001.pt" in events(d) and events(d).count(" saved ") >= 3, p)
+    os.kill(rank_pid(p.pid, 1), signal.SIGKILL)                   # a mid-epoch death of process 1
+    out, _ = p.communicate(timeout=300)
+    assert p.returncode != 0 and len(rows(d)) < 3, out[-3000:]   # torchrun ended the job
+    copy = tmp_path / "copy"; shutil.copytree(d, copy)
+    r = run(2, train_args(d, small_data))
+    assert r.returncode == 0, r.stdout[-2000:] + r.stderr[-3000:]
+    assert "resumed from" in events(d)
+    assert_same_weights(two_ref, d)
+    assert rows(d) == rows(two_ref)
+    r = run(1, train_args(copy, small_data))                       # the same folder continues in a single process
+    assert r.returncode == 0, r.stderr[-3000:]
+    assert "resumed from" in events(copy) and len(rows(copy)) == 3 and rows(copy)[:1] == rows(two_ref)[:1]
+
+
+@pytest.mark.timeout(600)
+def test_sigterm_to_one_process_stops_all_with_one_checkpoint(small_data, two_ref, tmp_path):
+    d = tmp_path / "run"
+    p = start(2, train_args(d, small_data))
+    wait_for(lambda: "epoch_001.pt" in events(d), p)
+    os.kill(rank_pid(p.pid, 1), signal.SIGTERM)
+    out, _ = p.communicate(timeout=300)
+    assert "exitcode  : 3" in out or "exitcode: 3" in out, out[-3000:]   # the processes stopped on purpose
+    log = events(d)
+    assert log.count("stopped because SIGTERM was received (process 1)") == 1 and log.count("(stopped at epoch") == 1, log
+    r = run(2, train_args(d, small_data))
+    assert r.returncode == 0, r.stderr[-3000:]
+    assert_same_weights(two_ref, d)
+
+
+@pytest.mark.timeout(600)
+def test_ddp_validation_equals_single_process(small_data, tmp_path):
+    data = tmp_path / "odd"; shutil.copytree(small_data, data)
+    cls = sorted(p for p in data.iterdir() if p.is_dir())
+    for f in sorted(cls[0].iterdir())[:4]: f.unlink()              # 52 videos: 11 for validation, split 5 / 6
+    d = tmp_path / "run"
+    r = run(2, train_args(d, data, "--epochs", "1", "--eval-clips", "3"))
+    assert r.returncode == 0, r.stderr[-3000:]
+    assert len(json.loads((d / "samples.json").read_text())["val"]["paths"]) == 11
+    row = rows(d)[-1]
+    r = run(1, ["eval", "--run-dir", d, "--checkpoint", "last", "--workers", "0"])
+    assert r.returncode == 0, r.stderr[-3000:]
+    single = json.loads((d / "eval.json").read_text())
+    assert single["clips"] == 3
+    for k in ("val_acc", "val_video_acc"): assert float(row[k]) == single[k], (k, row, single)
+    assert abs(float(row["val_loss"]) - single["val_loss"]) <= 1e-5 * single["val_loss"], (row, single)
