@@ -118,7 +118,9 @@ def resolve_config(cfg:TrainConfig) -> TrainConfig:
 
 def config_diff(saved:dict, new:dict) -> list:
     "Result-changing keys whose values differ between a checkpoint's config and a new one."
-    return sorted(k for k in set(saved) | set(new) if k not in MAY_CHANGE_ON_RESUME and saved.get(k) != new.get(k))
+    default = {f.name: f.default for f in dataclasses.fields(TrainConfig)}   # a field newer than the checkpoint: its default
+    return sorted(k for k in set(saved) | set(new)
+                  if k not in MAY_CHANGE_ON_RESUME and saved.get(k, default.get(k)) != new.get(k, default.get(k)))
 
 # %% ../nbs/40_train.ipynb #982498a6
 class EpochBatchSampler:
