@@ -8,7 +8,7 @@ import pytest
 BIN = Path(sys.executable).parent
 
 
-def run_cli(*args, cwd=None, timeout=600, env=None):
+def run_cli(*args, cwd=None, timeout=1500, env=None):
     "Run `har-colab ARGS` in a subprocess; returns CompletedProcess with text stdout/stderr."
     e = dict(os.environ, **(env or {}))
     e.setdefault("PYTHONUNBUFFERED", "1")
