@@ -39,9 +39,9 @@ def _hash(s:str, n:int) -> str: return hashlib.sha1(s.encode()).hexdigest()[:n]
 class CachedVideo:
     "A cache entry opened like a `VideoFile`: `.info` (as the container reports it) and `.read(indices)` from a memmap."
     backend = "cache"
-    def __init__(self, path, npy:Path, meta:dict):
+    def __init__(self, path, frames:np.ndarray, meta:dict):
         self.path, self.clamped = Path(path), False
-        self.frames = np.load(npy, mmap_mode="r")            # uint8 T,H,W,C; nothing is read yet
+        self.frames = frames                                 # uint8 T,H,W,C memmap; nothing is read yet
         self.info = VideoInfo(frames=int(meta["reported_frames"]), fps=float(meta["fps"]),
                               width=int(self.frames.shape[2]), height=int(self.frames.shape[1]))
     def read(self, indices) -> torch.Tensor:
@@ -64,6 +64,8 @@ class ClipCache:
         self.max_gb, self.backend, self.chunk = float(max_gb), backend, int(chunk)
         self.allowed = None                  # set of paths to cache (None: every path)
         self.hits = self.builds = 0          # in this process
+        self.keep_open, self._open_files = 256, {}   # memmaps kept open in this process (LRU), by file name
+    def __getstate__(self): return {**self.__dict__, "_open_files": {}}   # workers open their own
     def __repr__(self): return f"ClipCache({str(self.root)!r}, short side {self.resize}, max {self.max_gb:g} GB)"
 
     # --- keys ------------------------------------------------------------------------------------------------------
@@ -79,12 +81,18 @@ class ClipCache:
         "The cached frames of `path`, built first when missing or stale; `DataError` when it does not decode."
         try: npy = self.entry(path)
         except OSError as e: raise DataError(f"cannot decode {path}: {e.strerror or e}") from None
+        if npy.name in self._open_files:                     # opened before in this process: no syscalls but stat
+            self.hits += 1; self._open_files[npy.name] = got = self._open_files.pop(npy.name)   # most recent last
+            return CachedVideo(path, *got)
         meta = npy.with_suffix(".json")
         if not npy.exists():
             try: self._build(path, npy, meta, backend or self.backend)
             except _NoSpace: return open_video(path, backend or self.backend)   # disk full: decode, as without cache
         else: self.hits += 1
-        return CachedVideo(path, npy, json.loads(meta.read_text()))
+        got = np.load(npy, mmap_mode="r"), json.loads(meta.read_text())
+        self._open_files[npy.name] = got
+        if len(self._open_files) > self.keep_open: self._open_files.pop(next(iter(self._open_files)))
+        return CachedVideo(path, *got)
     def _build(self, path, npy:Path, meta:Path, backend:str):
         self.root.mkdir(parents=True, exist_ok=True)
         with _FileLock(npy.with_suffix(".lock")):
