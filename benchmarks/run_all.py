@@ -23,8 +23,8 @@ BENCHES = {
     "input": (["bench_input.py", "--quick"], [], "results_input.md", "input pipeline: clips/s per decoder vs decode only and pytorchvideo"),
     "cache": (["bench_cache.py"], ["--quick"], "results_cache.md", "decoded-clip cache: first epoch vs later epochs vs no cache"),
     "loop": (["bench_loop.py"], [], "results_loop.md", "training loop overhead: Trainer vs a bare PyTorch loop"),
-    "checkpoint": (["bench_checkpoint.py"], [], "results_checkpoint.md", "checkpoint save time vs torch.save; time to the first resumed step"),
-    "rss": (["bench_rss.py"], [], "results_rss.md", "peak memory of a training process and its workers"),
+    "checkpoint": (["bench_checkpoint.py", "--reps", "3"], [], "results_checkpoint.md", "checkpoint save time vs torch.save; time to the first resumed step"),
+    "rss": (["bench_rss.py", "--epochs", "2"], [], "results_rss.md", "peak memory of a training process and its workers"),
     "demo": (["bench_demo.py"], ["--epochs", "5"], "results_demo.md", "the demo: tiny3d learning the synthetic motion dataset, with its control"),
 }
 
