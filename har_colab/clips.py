@@ -10,6 +10,7 @@ from pathlib import Path
 
 import torch
 
+from .cache import ClipCache
 from .core import DataError, derive_seed, log_event, torch_generator
 from .datasets import Samples
 from .transforms import VideoTransform
@@ -67,7 +68,10 @@ class ClipDataset(torch.utils.data.Dataset):
     def __init__(self, samples:Samples, spec, train:bool, backend:str="decord", clips_per_video:int=1,
                  seed:int=0, hflip:bool=True, frames:int|None=None, shuffle_frames:bool=False, min_crop_area:float=0.25,
                  strict:bool=False,   # raise at the first bad video instead of skipping it
-                 run_dir=None):       # run folder whose events.log records skipped videos
+                 run_dir=None,        # run folder whose events.log records skipped videos
+                 cache="none",        # "none", "local" (a `ClipCache` planned for these videos) or a `ClipCache`
+                 cache_dir=None,      # with cache="local": its folder (default: `cache.default_cache_dir()`)
+                 cache_max_gb:float=20.0):  # with cache="local": size bound (beyond it only the first videos are cached)
         self.samples, self.spec, self.train = samples, spec, train
         self.backend = resolve_backend(backend)   # imports the decoder here, once, before DataLoader workers fork
         self.clips_per_video = 1 if train else int(clips_per_video)
@@ -76,6 +80,19 @@ class ClipDataset(torch.utils.data.Dataset):
         self.transform = VideoTransform(spec, train=train, hflip=hflip, scale=(min_crop_area, 1.0))
         self.bad_videos = []          # paths skipped in this process
         self.fallbacks = []           # paths the chosen backend could not decode but another one could
+        if cache in (None, "none"): self.cache = None
+        elif isinstance(cache, ClipCache): self.cache = cache
+        elif cache == "local":
+            self.cache = ClipCache(cache_dir, spec.resize, cache_max_gb, self.backend)
+            self.cache.plan(samples.paths, echo=print, run_dir=run_dir)
+        else: raise DataError(f"cache={cache!r}; use 'none', 'local' or a ClipCache")
+        if self.cache is not None and self.cache.resize != int(spec.resize):
+            raise DataError(f"the cache stores short side {self.cache.resize}, the spec wants {spec.resize}")
+    def _open(self, path, backend:str|None=None):
+        "The video at `path`, from the cache when it has (or may build) it, else from the decoder."
+        backend = backend or self.backend
+        if self.cache is not None and self.cache.allows(path): return self.cache.open(path, backend)
+        return open_video(path, backend)
     def __len__(self): return len(self.samples) * self.clips_per_video
     def video_index(self, i:int) -> int: return i // self.clips_per_video
     def _read_video(self, v:int, k:int, epoch:int) -> tuple:
@@ -96,7 +113,7 @@ class ClipDataset(torch.utils.data.Dataset):
         raise first
     def _read_with(self, backend:str, path, v:int, k:int, epoch:int) -> torch.Tensor:
         g = torch_generator(self.seed, int(epoch), v, "clip")
-        with open_video(path, backend) as video:
+        with self._open(path, backend) as video:
             stride = effective_stride(self.spec.stride, video.info.fps)
             if self.train: idx = train_clip_indices(video.info.frames, self.frames, stride, g)
             else: idx = eval_clip_indices(video.info.frames, self.frames, stride, self.clips_per_video)[k]

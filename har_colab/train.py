@@ -73,7 +73,9 @@ class TrainConfig:
     seed: int = _f(0, "seed of everything: subset, splits, clip sampling, initialisation")
     backend: str = _f("decord", "video decoder", choices=("decord", "torchcodec", "pyav"))
     strict: bool = _f(False, "stop at the first unreadable video instead of skipping it")
-    cache: str = _f("none", "decoded-clip cache", choices=("none", "local"))
+    cache: str = _f("none", "decoded-clip cache: local keeps each video decoded and resized on local disk after its first read", choices=("none", "local"))
+    cache_dir: str = _f(None, "decoded-clip cache folder (default: /content/har_colab_cache in Colab, else ~/.cache/har_colab/clips)")
+    cache_max_gb: float = _f(20.0, "decoded-clip cache size bound; when the estimate exceeds it only the first videos are cached")
     save_every_minutes: float = _f(5.0, "mid-epoch checkpoint interval")
     time_budget_minutes: float = _f(None, "stop cleanly (with a checkpoint) after this many minutes")
     keep: int = _f(2, "end-of-epoch checkpoints to keep (besides last.pt and best.pt)")
@@ -86,6 +88,7 @@ class TrainConfig:
 
 # %% ../nbs/40_train.ipynb #15ac078b
 MAY_CHANGE_ON_RESUME = {"run_dir", "data", "splits", "weights_dir", "epochs", "workers", "device", "backend", "strict", "cache",
+                        "cache_dir", "cache_max_gb",
                         "save_every_minutes", "time_budget_minutes", "keep", "force_resume", "progress", "plot"}
 
 def resolve_config(cfg:TrainConfig) -> TrainConfig:
@@ -497,8 +500,13 @@ def fit(config:TrainConfig, callbacks=None, echo=print) -> FitResult:
                          freeze=cfg.freeze, k=cfg.freeze_k, weights_dir=cfg.weights_dir)
     model.to(device)
     preflight(model, spec, cfg.frames, train_s.num_classes, device)
+    cache = None
+    if cfg.cache == "local":   # one cache for train and val, its size estimated and reported before it is built
+        from har_colab.cache import ClipCache
+        cache = ClipCache(cfg.cache_dir, spec.resize, cfg.cache_max_gb, cfg.backend)
+        run.log(cache.plan(train_s.paths + val_s.paths, echo=None)["message"], echo)
     kw = dict(backend=cfg.backend, seed=cfg.seed, frames=cfg.frames, shuffle_frames=cfg.shuffle_frames, strict=cfg.strict,
-              run_dir=str(run.root))
+              run_dir=str(run.root), cache=cache)
     train_ds = ClipDataset(train_s, spec, train=True, hflip=cfg.hflip, min_crop_area=cfg.min_crop_area, **kw)
     val_ds = ClipDataset(val_s, spec, train=False, clips_per_video=cfg.eval_clips, **kw)
     cbs = default_callbacks(cfg) if callbacks is None else list(callbacks)

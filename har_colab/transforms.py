@@ -47,6 +47,7 @@ class VideoTransform:
         self.resize, self.crop = int(spec.resize), _pair(spec.crop)
         self.mean = torch.tensor(spec.mean, dtype=torch.float32).view(-1, 1, 1, 1)
         self.std = torch.tensor(spec.std, dtype=torch.float32).view(-1, 1, 1, 1)
+        self.scale_, self.shift_ = 1 / (255 * self.std), -self.mean / self.std   # (x/255 - mean)/std = x*scale_ + shift_
         self.train, self.hflip, self.scale, self.ratio = train, hflip, tuple(scale), tuple(ratio)
     def geometry(self, frames:torch.Tensor, g:torch.Generator|None=None) -> torch.Tensor:
         "Steps 1-2: resized, cropped (and maybe flipped) uint8 `T,C,H,W`."
@@ -64,9 +65,11 @@ class VideoTransform:
             x = TF.center_crop(tv_tensors.Video(x), list(self.crop)).as_subclass(torch.Tensor)
         return x
     def normalize(self, x:torch.Tensor) -> torch.Tensor:
-        "Step 3: uint8 `T,C,H,W` -> float `C,T,H,W`, normalised."
-        x = x.permute(1, 0, 2, 3).float().div_(255)
-        return x.sub_(self.mean).div_(self.std)
+        "Step 3: uint8 `T,C,H,W` -> contiguous float `C,T,H,W`, normalised."
+        t, c, h, w = x.shape
+        out = torch.empty((c, t, h, w), dtype=torch.float32)
+        out.copy_(x.permute(1, 0, 2, 3))                     # one pass: uint8 -> float and T,C -> C,T together
+        return out.mul_(self.scale_).add_(self.shift_)
     def __call__(self, frames:torch.Tensor, g:torch.Generator|None=None) -> torch.Tensor:
         return self.normalize(self.geometry(frames, g))
     def __repr__(self):

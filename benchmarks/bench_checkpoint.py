@@ -1,0 +1,111 @@
+"""Checkpoint cost: `save_checkpoint` (temp file, fsync, rename, directory fsync) vs a plain `torch.save` of the same
+state, for tiny3d and r3d_18 with AdamW state; and the time from process start to the first step of a fresh run and of a
+resumed run (tiny3d, `fit` on a small synthetic dataset).
+
+    PYTHONPATH=. python benchmarks/bench_checkpoint.py [--reps 5] [--out benchmarks/results_checkpoint.md]
+"""
+import argparse
+import os
+import platform
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+import torch
+
+HERE = Path(__file__).resolve().parent
+ROOT = HERE.parent
+sys.path.insert(0, str(HERE))
+from _common import MODELS, MemoryClips, make_model, make_trainer   # noqa: E402
+
+CHILD = r"""
+import sys, time
+from har_colab.train import TrainConfig, fit, resolve_config, Callback
+from har_colab.callbacks import default_callbacks
+class First(Callback):
+    order = 1000
+    def after_step(self, tr):
+        print("FIRST_STEP", time.time(), flush=True); tr.request_stop("benchmark: first step done")
+cfg = resolve_config(TrainConfig(run_dir=sys.argv[1], data=sys.argv[2], model="tiny3d", pretrained=False, epochs=int(sys.argv[3]),
+                                 batch_size=8, workers=0, progress=False, plot=False, max_steps_per_epoch=3))
+stop = sys.argv[4] == "1"
+fit(cfg, callbacks=default_callbacks(cfg) + ([First()] if stop else []), echo=lambda m: None)
+"""
+
+
+def save_times(state, d:Path, reps:int) -> tuple:
+    "Median seconds of save_checkpoint, torch.save, torch.save + fsync (alternating), and the file size."
+    from har_colab.checkpoint import save_checkpoint
+    def plain(p, sync):
+        with open(p, "wb") as f:
+            torch.save(state, f)
+            if sync: f.flush(); os.fsync(f.fileno())
+    def fresh(p):
+        tmp = p.with_name(p.name + ".new"); plain(tmp, False); os.replace(tmp, p)
+    fns = {"save_checkpoint": lambda: save_checkpoint(state, d/"last.pt"),
+           "torch.save": lambda: plain(d/"plain.pt", False),
+           "torch.save + fsync": lambda: plain(d/"plain_sync.pt", True),
+           "torch.save to a new file + rename": lambda: fresh(d/"fresh.pt")}
+    times = {k: [] for k in fns}
+    for _ in range(reps):
+        for k, fn in fns.items():
+            t = time.perf_counter(); fn(); times[k].append(time.perf_counter() - t)
+    return {k: statistics.median(v) for k, v in times.items()}, (d/"last.pt").stat().st_size
+
+
+def first_step_seconds(run_dir, data, epochs, reps, fresh:bool) -> float:
+    "Median seconds from starting a Python process that calls fit() to the end of its first optimizer step."
+    env = dict(os.environ, PYTHONPATH=str(ROOT))
+    out = []
+    for r in range(reps):
+        d = Path(run_dir)/f"rep{r}" if fresh else run_dir      # a fresh run needs an empty run folder each time
+        t0 = time.time()
+        p = subprocess.run([sys.executable, "-c", CHILD, str(d), str(data), str(epochs), "1"], capture_output=True,
+                           text=True, env=env, timeout=600)
+        line = [l for l in p.stdout.splitlines() if l.startswith("FIRST_STEP")]
+        if not line: raise RuntimeError(p.stderr[-2000:])
+        out.append(float(line[0].split()[1]) - t0)
+    return statistics.median(out)
+
+
+def main():
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("--reps", type=int, default=5)
+    ap.add_argument("--out", default=str(HERE/"results_checkpoint.md"))
+    a = ap.parse_args()
+    lines = ["# Checkpoint benchmark\n",
+             f"CPU, local disk, {os.cpu_count()} cores ({platform.processor() or platform.machine()}, shared with other jobs: "
+             f"noisy), torch {torch.__version__}; medians of {a.reps} alternating saves of the same Trainer state (model, "
+             "AdamW state after one step, scheduler, RNG, history, config).\n",
+             "| model | checkpoint MB | save_checkpoint s | torch.save s (overwrite) | ratio | torch.save + fsync s | ratio | torch.save to a new file + rename s | ratio |",
+             "| --- | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: |"]
+    for name, (shape, bs) in MODELS.items():
+        with tempfile.TemporaryDirectory() as d:
+            t = make_trainer(make_model(name), MemoryClips(bs * 2, shape), d, 1, callbacks=[], batch_size=bs)
+            t.run_epoch(); t.close()
+            st = t.state_dict()
+            m, size = save_times(st, Path(d), a.reps)
+        s, p, ps, pn = m["save_checkpoint"], m["torch.save"], m["torch.save + fsync"], m["torch.save to a new file + rename"]
+        lines.append(f"| {name} | {size / 2**20:.1f} | {s:.3f} | {p:.3f} | {s / p:.2f}x | {ps:.3f} | {s / ps:.2f}x | {pn:.3f} | {s / pn:.2f}x |")
+        print(lines[-1], flush=True)
+    from har_colab.synthetic import make_synthetic_dataset
+    with tempfile.TemporaryDirectory() as d:
+        data = make_synthetic_dataset(Path(d)/"motion", classes=4, videos_per_class=10, frames=24)
+        fresh = first_step_seconds(Path(d)/"fresh", data, 1, min(a.reps, 3), True)
+        env = dict(os.environ, PYTHONPATH=str(ROOT))
+        subprocess.run([sys.executable, "-c", CHILD, str(Path(d)/"run"), str(data), "1", "0"], check=True, env=env,
+                       capture_output=True, timeout=600)
+        resumed = first_step_seconds(Path(d)/"run", data, 2, min(a.reps, 3), False)
+    lines += ["", "| process start -> end of first optimizer step (tiny3d, 32 synthetic videos, workers 0) | seconds |",
+              "| --- | ---: |", f"| fresh run | {fresh:.2f} |", f"| resumed run (loads last.pt, restores RNG, sampler) | {resumed:.2f} |",
+              "", "Most of either is Python start-up and imports (torch, torchvision, decord); resuming adds loading and "
+              "validating the checkpoint."]
+    text = "\n".join(lines) + "\n"
+    print("\n" + text); Path(a.out).write_text(text)
+
+
+if __name__ == "__main__":
+    main()
