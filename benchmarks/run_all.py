@@ -25,7 +25,7 @@ BENCHES = {
     "loop": (["bench_loop.py"], [], "results_loop.md", "training loop overhead: Trainer vs a bare PyTorch loop"),
     "checkpoint": (["bench_checkpoint.py", "--reps", "3"], [], "results_checkpoint.md", "checkpoint save time vs torch.save; time to the first resumed step"),
     "rss": (["bench_rss.py", "--epochs", "2"], [], "results_rss.md", "peak memory of a training process and its workers"),
-    "demo": (["bench_demo.py"], ["--epochs", "5"], "results_demo.md", "the demo: tiny3d learning the synthetic motion dataset, with its control"),
+    "demo": (["bench_demo.py"], ["--epochs", "20"], "results_demo.md", "the demo: tiny3d learning the synthetic motion dataset, with its control"),
 }
 
 T4 = """## Colab T4: expected bottleneck per model and settings
