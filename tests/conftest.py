@@ -23,6 +23,13 @@ def motion_data(tmp_path_factory):
     return make_synthetic_dataset(tmp_path_factory.mktemp("data") / "motion", classes=8, videos_per_class=100, frames=24)
 
 
+@pytest.fixture(scope="session")
+def small_data(tmp_path_factory):
+    "A smaller motion dataset (4 classes x 14 videos, 20 frames) for resume and DDP tests."
+    from har_colab.synthetic import make_synthetic_dataset
+    return make_synthetic_dataset(tmp_path_factory.mktemp("small") / "motion", classes=4, videos_per_class=14, frames=20)
+
+
 @pytest.fixture(autouse=True)
 def _home(tmp_path, monkeypatch):
     monkeypatch.setenv("HAR_COLAB_HOME", str(tmp_path / "home"))

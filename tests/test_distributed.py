@@ -90,12 +90,6 @@ def wait_for(cond, p, timeout=300):
 
 
 @pytest.fixture(scope="module")
-def small_data(tmp_path_factory):
-    from har_colab.synthetic import make_synthetic_dataset
-    return make_synthetic_dataset(tmp_path_factory.mktemp("dist") / "motion", classes=4, videos_per_class=14, frames=20)
-
-
-@pytest.fixture(scope="module")
 def one_ref(small_data, tmp_path_factory):
     d = tmp_path_factory.mktemp("one") / "run"
     r = run(1, train_args(d, small_data))

@@ -38,12 +38,6 @@ def final_weights(run):
 
 
 @pytest.fixture(scope="module")
-def small_data(tmp_path_factory):
-    from har_colab.synthetic import make_synthetic_dataset
-    return make_synthetic_dataset(tmp_path_factory.mktemp("resume") / "motion", classes=4, videos_per_class=14, frames=20)
-
-
-@pytest.fixture(scope="module")
 def reference(small_data, tmp_path_factory):
     run = tmp_path_factory.mktemp("ref") / "run"
     r = run_cli(*train_args(run, small_data))
