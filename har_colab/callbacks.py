@@ -107,10 +107,11 @@ class PlotCallback(Callback):
         chance = 1 / t.num_classes
         fig = plot_curves(t.history, t.run.curves, title=f"{t.cfg.model} - {t.run.root.name}", chance=chance)
         if self.live is None: self.live = in_notebook()
-        if self.live:
-            from IPython.display import display
-            if self.handle is None: self.handle = display(fig, display_id=True)
-            else: self.handle.update(fig)
+        if self.live:  # a PNG of its own: no dependence on matplotlib's notebook backend, same in Colab and Jupyter
+            from IPython.display import Image, display
+            img = Image(data=t.run.curves.read_bytes(), format="png")
+            if self.handle is None: self.handle = display(img, display_id=True)
+            else: self.handle.update(img)
     def before_fit(self, t):
         if t.history: self._draw(t)
     def after_validate(self, t): self._draw(t)

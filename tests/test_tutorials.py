@@ -54,7 +54,7 @@ def test_hmdb51_tutorial_runs_and_resumes_after_a_killed_session(tmp_path):
     fit_cell = next(c for c in nb.cells if c.cell_type == "code" and "result = fit(config)" in c.source)
     shown = [o for o in fit_cell.outputs if o.output_type in ("display_data", "update_display_data")]
     assert any("image/png" in o.get("data", {}) for o in shown)     # live curves, drawn once per epoch in place
-    assert len([o for o in shown if o.output_type == "display_data"]) == 1
+    assert len([o for o in shown if o.output_type == "display_data" and "image/png" in o.get("data", {})]) == 1
 
 
 def test_own_dataset_tutorial_runs(tmp_path):
