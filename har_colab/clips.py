@@ -98,19 +98,18 @@ class ClipDataset(torch.utils.data.Dataset):
     def _read_video(self, v:int, k:int, epoch:int) -> tuple:
         "Clip `k` of video `v` for `epoch`: uint8 `T,C,H,W` and label; `DataError` when no backend decodes the file."
         path, label = self.samples[v]
-        others = [b for b in BACKEND_ORDER if b != self.backend and backend_available(b)]
-        first = None
-        for backend in [self.backend] + others:
-            try: x = self._read_with(backend, path, v, k, epoch)
-            except DataError as e:
-                first = first or e
-                continue
-            if first is not None and path not in self.fallbacks:   # decoded, but not by the chosen backend
-                self.fallbacks.append(path)
-                msg = f"decoded {path} with {backend}: {self.backend} failed ({first})"
-                if self.run_dir is None or _log_once(self.run_dir, msg, f"decoded {path} with "): warnings.warn(msg)
-            return x, label
-        raise first
+        try: return self._read_with(self.backend, path, v, k, epoch), label
+        except DataError as first:
+            # only now look at (and import) the other backends: a worker that never meets such a file never loads them
+            for backend in (b for b in BACKEND_ORDER if b != self.backend and backend_available(b)):
+                try: x = self._read_with(backend, path, v, k, epoch)
+                except DataError: continue
+                if path not in self.fallbacks:   # decoded, but not by the chosen backend
+                    self.fallbacks.append(path)
+                    msg = f"decoded {path} with {backend}: {self.backend} failed ({first})"
+                    if self.run_dir is None or _log_once(self.run_dir, msg, f"decoded {path} with "): warnings.warn(msg)
+                return x, label
+            raise first
     def _read_with(self, backend:str, path, v:int, k:int, epoch:int) -> torch.Tensor:
         g = torch_generator(self.seed, int(epoch), v, "clip")
         with self._open(path, backend) as video:
