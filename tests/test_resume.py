@@ -18,7 +18,7 @@ pytestmark = pytest.mark.timeout(900)
 
 
 def train_args(run, data, *extra):
-    return ["train", "--run-dir", run, "--data", data, "--model", "tiny3d", "--no-pretrained", "--no-hflip", "--epochs", "3",
+    return ["train", "--run-dir", run, "--data", data, "--model", "tiny3d", "--no-pretrained", "--no-hflip", "--epochs", "6",
             "--batch-size", "8", "--lr", "5e-4", "--eval-clips", "2", "--no-progress", "--no-plot", *extra]
 
 
@@ -107,11 +107,11 @@ def test_broken_last_checkpoint_falls_back_and_changed_config_is_refused(small_d
     shutil.copytree(reference, run)
     last = run / "checkpoints" / "last.pt"
     last.unlink(); last.write_bytes(b"garbage, as from a lost Drive sync")
-    r = run_cli(*train_args(run, small_data, "--epochs", "4"))
+    r = run_cli(*train_args(run, small_data, "--epochs", "7"))
     assert r.returncode == 0, r.stderr[-2000:]
     assert "skipped checkpoint last.pt" in (run / "events.log").read_text()
-    assert len(rows(run)) == 4
-    r = run_cli(*train_args(run, small_data, "--epochs", "5", "--lr", "0.1"))
+    assert len(rows(run)) == 7
+    r = run_cli(*train_args(run, small_data, "--epochs", "8", "--lr", "0.1"))
     assert r.returncode == 2 and len(r.stderr.strip().splitlines()) == 1
     assert "lr" in r.stderr and "--run-dir" in r.stderr and "Traceback" not in r.stderr
-    assert len(rows(run)) == 4                            # nothing saved was lost
+    assert len(rows(run)) == 7                            # nothing saved was lost
