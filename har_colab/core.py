@@ -17,9 +17,9 @@ import numpy as np
 import torch
 
 # %% auto #0
-__all__ = ['HarError', 'ConfigError', 'DataError', 'CheckpointError', 'ShapeError', 'seed_everything', 'derive_seed',
-           'torch_generator', 'resolve_device', 'amp_dtype', 'fsync_dir', 'atomic_write', 'atomic_write_text',
-           'atomic_write_json', 'log_event']
+__all__ = ['VML_OPS', 'HarError', 'ConfigError', 'DataError', 'CheckpointError', 'ShapeError', 'seed_everything', 'derive_seed',
+           'torch_generator', 'warm_up_cpu_math', 'resolve_device', 'amp_dtype', 'fsync_dir', 'atomic_write',
+           'atomic_write_text', 'atomic_write_json', 'log_event']
 
 # %% ../nbs/00_core.ipynb #d5bec1c3
 class HarError(Exception):
@@ -55,6 +55,23 @@ def torch_generator(*parts) -> torch.Generator:
     g = torch.Generator()
     g.manual_seed(derive_seed(*parts))
     return g
+
+# %% ../nbs/00_core.ipynb #49037187
+VML_OPS = ("sqrt", "exp", "log", "log10", "log2", "sin", "cos", "tan", "tanh", "asin", "acos", "atan", "erf", "erfc",
+           "erfinv", "trunc")
+_cpu_math_warm = False
+
+def warm_up_cpu_math() -> bool:
+    "Call every VML-backed float op once on one element in this thread (single-threaded), so later multi-threaded calls are exact."
+    global _cpu_math_warm
+    if not _cpu_math_warm:
+        for dtype in (torch.float32, torch.float64):
+            x = torch.full((1,), 0.5, dtype=dtype)
+            for op in VML_OPS: getattr(torch, op)(x)
+        _cpu_math_warm = True
+    return _cpu_math_warm
+
+warm_up_cpu_math()
 
 # %% ../nbs/00_core.ipynb #1ed73636
 def resolve_device(device:str="auto") -> torch.device:

@@ -54,16 +54,18 @@ def test_sigkill_at_random_moments_resumes_bit_exact(small_data, reference, tmp_
     run, rng = tmp_path / "run", random.Random(1234)
     extra = ("--save-every-minutes", "0.001")          # a mid-epoch checkpoint after (almost) every step
     kills = 0
-    # kill 1: halfway through writing a checkpoint (fault injection), the rest at random moments after a save
-    p = start(train_args(run, small_data, *extra), env={"HAR_COLAB_KILL_DURING_SAVE": "3"})
-    p.wait(timeout=300); assert p.returncode == -signal.SIGKILL; kills += 1
-    assert not (run / "checkpoints" / "last.pt").exists() or torch.load(run / "checkpoints" / "last.pt", weights_only=True)
-    while kills < 6:
+    # kill 1: halfway through writing a checkpoint, kill 2: in the middle of a validation pass (fault injection);
+    # the rest at random moments soon after a save (0-0.4 s: the next step or save) or later (0-1.5 s)
+    for fault in ({"HAR_COLAB_KILL_DURING_SAVE": "3"}, {"HAR_COLAB_KILL_DURING_EVAL": "1"}):
+        p = start(train_args(run, small_data, *extra), env=fault)
+        p.wait(timeout=300); assert p.returncode == -signal.SIGKILL, p.stderr.read()[-2000:]; kills += 1
+        assert not (run / "checkpoints" / "last.pt").exists() or torch.load(run / "checkpoints" / "last.pt", weights_only=True)
+    while kills < 7:
         before = saves(run)
         p = start(train_args(run, small_data, *extra))
         deadline = time.time() + 300
         while saves(run) <= before and p.poll() is None and time.time() < deadline: time.sleep(0.05)
-        time.sleep(rng.uniform(0, 1.5))
+        time.sleep(rng.uniform(0, 0.4 if kills % 2 else 1.5))
         if p.poll() is not None:
             break                                        # it finished before we could kill it
         p.send_signal(signal.SIGKILL); p.wait(); kills += 1
