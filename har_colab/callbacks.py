@@ -13,7 +13,7 @@ import threading
 import time
 
 from .core import atomic_write, atomic_write_text
-from .checkpoint import link_or_copy, prune_epoch_checkpoints, save_checkpoint
+from .checkpoint import CheckpointWriter, link_or_copy, prune_epoch_checkpoints
 from .plots import METRIC_COLUMNS, plot_curves
 from .train import Callback, TrainConfig
 
@@ -66,29 +66,37 @@ class MetricsCallback(Callback):
 
 # %% ../nbs/41_callbacks.ipynb #163fac17
 class CheckpointCallback(Callback):
-    "Saves the trainer's state to the run folder."
+    "Saves the trainer's state to the run folder (through a `CheckpointWriter`: the loop waits only for the `torch.save`)."
     order, main_process_only = 30, True
-    def __init__(self, every_minutes:float=5.0, keep:int=2):
+    def __init__(self, every_minutes:float=5.0, keep:int=2, background:bool=True):
         self.every, self.keep, self.last_save = every_minutes * 60, keep, time.time()
+        self.writer = CheckpointWriter(background=background)
     def before_fit(self, t): self.last_save = time.time()
-    def _save(self, t, path, what):
-        save_checkpoint(t.state_dict(), path)
-        if hasattr(os, "sync"): os.sync()
+    def _save(self, t, path, what, then=None):
+        run = t.run
+        def done():                                       # in the background, once the file is on disk under its name
+            if hasattr(os, "sync"): os.sync()             # Colab: asks Drive's client to upload it
+            run.log(f"saved {path.relative_to(run.root)} ({what})")
+            if then is not None: then()
+        self.writer.save(t.state_dict(), path, done)
         self.last_save = time.time()
-        t.run.log(f"saved {path.relative_to(t.run.root)} ({what})")
     def after_step(self, t):
-        if time.time() - self.last_save >= self.every and t.step_in_epoch < t.steps_per_epoch:
+        # a mid-epoch save while the previous one is still being flushed (slow Drive) waits for the next step
+        if time.time() - self.last_save >= self.every and t.step_in_epoch < t.steps_per_epoch and not self.writer.busy:
             self._save(t, t.run.last, f"epoch {t.epoch + 1} step {t.step_in_epoch}/{t.steps_per_epoch}")
     def after_epoch(self, t):
-        p = t.run.epoch_checkpoint(t.epoch)
-        self._save(t, p, f"end of epoch {t.epoch}")
-        link_or_copy(p, t.run.last)
-        if getattr(t, "improved", False):
-            link_or_copy(p, t.run.best); t.run.log(f"best val_acc {100*t.best_val_acc:.2f}% -> checkpoints/best.pt")
-        prune_epoch_checkpoints(t.run, self.keep)
+        p, run, keep = t.run.epoch_checkpoint(t.epoch), t.run, self.keep
+        best = t.best_val_acc if getattr(t, "improved", False) else None
+        def then():
+            link_or_copy(p, run.last)
+            if best is not None: link_or_copy(p, run.best); run.log(f"best val_acc {100*best:.2f}% -> checkpoints/best.pt")
+            prune_epoch_checkpoints(run, keep)
+        self._save(t, p, f"end of epoch {t.epoch}", then)
     def on_stop(self, t):
         self._save(t, t.run.last, f"stopped at epoch {t.epoch + 1} step {t.step_in_epoch}/{t.steps_per_epoch}")
+        self.writer.wait()
         t.run.log(f"stopped because {t.stop_reason}; re-run the same command to resume", t.echo)
+    def after_fit(self, t): self.writer.wait()     # the last checkpoint is on disk before fit returns
 
 # %% ../nbs/41_callbacks.ipynb #0e8857d0
 def in_notebook() -> bool:

@@ -10,6 +10,8 @@ import pickle
 import random
 import re
 import shutil
+import tempfile
+import threading
 import time
 import warnings
 from pathlib import Path
@@ -17,11 +19,12 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from .core import CheckpointError, atomic_write, log_event
+from .core import CheckpointError, fsync_dir, log_event
 
 # %% auto #0
-__all__ = ['FORMAT_VERSION', 'REQUIRED_KEYS', 'RunFolder', 'get_rng_state', 'set_rng_state', 'save_checkpoint', 'link_or_copy',
-           'load_checkpoint', 'checkpoint_candidates', 'find_checkpoint', 'prune_epoch_checkpoints']
+__all__ = ['FORMAT_VERSION', 'REQUIRED_KEYS', 'RunFolder', 'get_rng_state', 'set_rng_state', 'save_checkpoint',
+           'CheckpointWriter', 'link_or_copy', 'load_checkpoint', 'checkpoint_candidates', 'find_checkpoint',
+           'prune_epoch_checkpoints']
 
 # %% ../nbs/30_checkpoint.ipynb #8b658405
 class RunFolder:
@@ -78,17 +81,73 @@ def _write_state(state, f):
         os.kill(os.getpid(), signal.SIGKILL)
     torch.save(state, f)
 
-def save_checkpoint(state:dict, path, retries:int=3, wait:float=2.0) -> Path:
-    "Atomically write `state` to `path`, retrying `retries` times."
-    missing = [k for k in REQUIRED_KEYS if k not in state]
-    if missing: raise ValueError(f"checkpoint state lacks {missing}")
+def _write_temp(state:dict, path:Path) -> Path:
+    "torch.save `state` into a new temporary file beside `path` (written and flushed, not yet fsynced)."
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(prefix="." + path.name + ".", suffix=".partial", dir=path.parent)
+    try:
+        with os.fdopen(fd, "wb") as f: _write_state(state, f); f.flush()
+    except BaseException:
+        Path(tmp).unlink(missing_ok=True); raise
+    return Path(tmp)
+
+def _commit(tmp:Path, path:Path):
+    "fsync the temporary file, rename it to `path`, fsync the folder."
+    fd = os.open(tmp, os.O_RDWR)
+    try: os.fsync(fd)
+    finally: os.close(fd)
+    os.replace(tmp, path)
+    fsync_dir(path.parent)
+
+def _retrying(fn, path, retries:int, wait:float, cleanup=None):
+    "`fn()`, retried on `OSError`; after the last try a `CheckpointError` that says the previous checkpoint is intact."
     for attempt in range(retries + 1):
-        try: return atomic_write(path, lambda f: _write_state(state, f), suffix=".partial")
+        try: return fn()
         except OSError as e:
             if attempt == retries:
+                if cleanup: cleanup()
                 raise CheckpointError(f"could not save {path} after {retries + 1} tries ({e}); the previous checkpoint "
                                       "is intact. Free space on the disk / Drive, then re-run to resume") from None
             time.sleep(wait * (attempt + 1))
+
+def _check_state(state:dict):
+    missing = [k for k in REQUIRED_KEYS if k not in state]
+    if missing: raise ValueError(f"checkpoint state lacks {missing}")
+
+def save_checkpoint(state:dict, path, retries:int=3, wait:float=2.0) -> Path:
+    "Atomically write `state` to `path` (temp file, fsync, rename), retrying `retries` times."
+    path = Path(path); _check_state(state)
+    tmp = _retrying(lambda: _write_temp(state, path), path, retries, wait)
+    _retrying(lambda: _commit(tmp, path), path, retries, wait, cleanup=lambda: tmp.unlink(missing_ok=True))
+    return path
+
+class CheckpointWriter:
+    "`save_checkpoint` with only the `torch.save` blocking: fsync, rename and `then()` run in a background thread, one save at a time."
+    def __init__(self, retries:int=3, wait:float=2.0, background:bool=True):
+        self.retries, self.wait_s, self.background = retries, wait, background
+        self._thread, self._error = None, None
+    def save(self, state:dict, path, then=None):
+        "Write `state` to a temp file now; make it `path` (then call `then()`) in the background."
+        self.wait()                                       # the previous save first (and its error, if any)
+        path = Path(path); _check_state(state)
+        tmp = _retrying(lambda: _write_temp(state, path), path, self.retries, self.wait_s)
+        def finish():
+            _retrying(lambda: _commit(tmp, path), path, self.retries, self.wait_s, cleanup=lambda: tmp.unlink(missing_ok=True))
+            if then is not None: then()
+        if not self.background: return finish()
+        def run():
+            try: finish()
+            except BaseException as e: self._error = e
+        # not a daemon: an interpreter that exits normally finishes the save first
+        self._thread = threading.Thread(target=run, name="har_colab-checkpoint"); self._thread.start()
+    @property
+    def busy(self) -> bool: return self._thread is not None and self._thread.is_alive()
+    def wait(self):
+        "Block until the save in flight is on disk; raise its error (a `CheckpointError` after the retries)."
+        t, self._thread = self._thread, None
+        if t is not None: t.join()
+        e, self._error = self._error, None
+        if e is not None: raise e
 
 def link_or_copy(src, dst):
     "Make `dst` the same checkpoint as `src` atomically (hard link where possible, else a copy)."
