@@ -54,11 +54,12 @@ def median_rate(fn, n_clips:int, reps:int) -> float:
 
 def ours(samples, backend, workers, n_clips, batch_size):
     from har_colab.clips import ClipDataset
-    ds = ClipDataset(samples, SPEC, train=True, backend=backend)
+    ds = ClipDataset(samples, SPEC, train=True, backend=backend, normalize=False)   # as `fit` makes it: uint8 items,
     sampler = torch.utils.data.RandomSampler(ds, replacement=True, num_samples=n_clips, generator=torch.Generator().manual_seed(0))
     def run():
         for x, y in torch.utils.data.DataLoader(ds, batch_size=batch_size, sampler=sampler, num_workers=workers):
-            assert x.shape[1:] == (3, 16, 112, 112)
+            x = ds.transform.normalize_batch(x)                                      # normalised in the main process
+            assert x.shape[1:] == (3, 16, 112, 112) and x.dtype == torch.float32
     return run
 
 

@@ -5,11 +5,13 @@
 # %% ../nbs/30_checkpoint.ipynb #7047ea24
 from __future__ import annotations
 
+import io
 import os
 import pickle
 import random
 import re
 import shutil
+import signal
 import tempfile
 import threading
 import time
@@ -22,9 +24,9 @@ import torch
 from .core import CheckpointError, fsync_dir, log_event
 
 # %% auto #0
-__all__ = ['FORMAT_VERSION', 'REQUIRED_KEYS', 'RunFolder', 'get_rng_state', 'set_rng_state', 'save_checkpoint',
-           'CheckpointWriter', 'link_or_copy', 'load_checkpoint', 'checkpoint_candidates', 'find_checkpoint',
-           'prune_epoch_checkpoints']
+__all__ = ['FORMAT_VERSION', 'REQUIRED_KEYS', 'RunFolder', 'get_rng_state', 'set_rng_state', 'serialize', 'tensor_bytes',
+           'save_checkpoint', 'CheckpointWriter', 'link_or_copy', 'load_checkpoint', 'checkpoint_candidates',
+           'find_checkpoint', 'prune_epoch_checkpoints']
 
 # %% ../nbs/30_checkpoint.ipynb #8b658405
 class RunFolder:
@@ -69,27 +71,39 @@ REQUIRED_KEYS = ("format_version", "model", "optimizer", "scheduler", "scaler", 
 
 _saves_in_process = 0
 
-def _write_state(state, f):
-    "torch.save into `f`; `HAR_COLAB_KILL_DURING_SAVE=N` (fault injection for tests) SIGKILLs this process halfway through its N-th save."
+def _kill_this_save() -> bool:
+    "Fault injection for tests: `HAR_COLAB_KILL_DURING_SAVE=N` makes the N-th save of this process die halfway through its write."
     global _saves_in_process
     _saves_in_process += 1
-    kill_at = os.environ.get("HAR_COLAB_KILL_DURING_SAVE")
-    if kill_at and int(kill_at) == _saves_in_process:
-        import io, signal
-        buf = io.BytesIO(); torch.save(state, buf)
-        f.write(buf.getvalue()[: len(buf.getvalue()) // 2]); f.flush(); os.fsync(f.fileno())
-        os.kill(os.getpid(), signal.SIGKILL)
-    torch.save(state, f)
+    n = os.environ.get("HAR_COLAB_KILL_DURING_SAVE")
+    return bool(n) and int(n) == _saves_in_process
 
-def _write_temp(state:dict, path:Path) -> Path:
-    "torch.save `state` into a new temporary file beside `path` (written and flushed, not yet fsynced)."
+def serialize(state:dict) -> memoryview:
+    "The bytes `torch.save` would write for `state`."
+    buf = io.BytesIO(); torch.save(state, buf); return buf.getbuffer()
+
+def _write_temp(data, path:Path, kill:bool=False) -> Path:
+    "Write `data` (bytes from `serialize`, or a state dict to `torch.save`) into a new temporary file beside `path`."
     path.parent.mkdir(parents=True, exist_ok=True)
     fd, tmp = tempfile.mkstemp(prefix="." + path.name + ".", suffix=".partial", dir=path.parent)
     try:
-        with os.fdopen(fd, "wb") as f: _write_state(state, f); f.flush()
+        with os.fdopen(fd, "wb") as f:
+            if kill:                                   # half of the checkpoint reaches the disk, then the process dies
+                data = data if isinstance(data, memoryview) else serialize(data)
+                f.write(data[: len(data) // 2]); f.flush(); os.fsync(f.fileno()); os.kill(os.getpid(), signal.SIGKILL)
+            if isinstance(data, memoryview): f.write(data)
+            else: torch.save(data, f)
+            f.flush()
     except BaseException:
         Path(tmp).unlink(missing_ok=True); raise
     return Path(tmp)
+
+def tensor_bytes(obj) -> int:
+    "Bytes of the tensors in a nested dict / list (a checkpoint's size, about)."
+    if torch.is_tensor(obj): return obj.numel() * obj.element_size()
+    if isinstance(obj, dict): return sum(tensor_bytes(v) for v in obj.values())
+    if isinstance(obj, (list, tuple)): return sum(tensor_bytes(v) for v in obj)
+    return 0
 
 def _commit(tmp:Path, path:Path):
     "fsync the temporary file, rename it to `path`, fsync the folder."
@@ -116,22 +130,24 @@ def _check_state(state:dict):
 
 def save_checkpoint(state:dict, path, retries:int=3, wait:float=2.0) -> Path:
     "Atomically write `state` to `path` (temp file, fsync, rename), retrying `retries` times."
-    path = Path(path); _check_state(state)
-    tmp = _retrying(lambda: _write_temp(state, path), path, retries, wait)
+    path = Path(path); _check_state(state); kill = _kill_this_save()
+    tmp = _retrying(lambda: _write_temp(state, path, kill), path, retries, wait)
     _retrying(lambda: _commit(tmp, path), path, retries, wait, cleanup=lambda: tmp.unlink(missing_ok=True))
     return path
 
 class CheckpointWriter:
-    "`save_checkpoint` with only the `torch.save` blocking: fsync, rename and `then()` run in a background thread, one save at a time."
-    def __init__(self, retries:int=3, wait:float=2.0, background:bool=True):
-        self.retries, self.wait_s, self.background = retries, wait, background
+    "`save_checkpoint` that blocks only for `torch.save` into memory: writing, fsync, rename and `then()` run in a background thread."
+    def __init__(self, retries:int=3, wait:float=2.0, background:bool=True, max_buffer_mb:float=4096):
+        self.retries, self.wait_s, self.background, self.max_buffer = retries, wait, background, max_buffer_mb * 2**20
         self._thread, self._error = None, None
     def save(self, state:dict, path, then=None):
-        "Write `state` to a temp file now; make it `path` (then call `then()`) in the background."
+        "Serialise `state` now; write it to `path` (then call `then()`) in the background."
         self.wait()                                       # the previous save first (and its error, if any)
-        path = Path(path); _check_state(state)
-        tmp = _retrying(lambda: _write_temp(state, path), path, self.retries, self.wait_s)
+        path = Path(path); _check_state(state); kill = _kill_this_save()
+        if self.background and tensor_bytes(state) <= self.max_buffer: data = serialize(state)
+        else: data = _retrying(lambda: _write_temp(state, path, kill), path, self.retries, self.wait_s)  # larger: to disk now
         def finish():
+            tmp = data if isinstance(data, Path) else _retrying(lambda: _write_temp(data, path, kill), path, self.retries, self.wait_s)
             _retrying(lambda: _commit(tmp, path), path, self.retries, self.wait_s, cleanup=lambda: tmp.unlink(missing_ok=True))
             if then is not None: then()
         if not self.background: return finish()

@@ -64,15 +64,16 @@ def _log_once(run_dir, message:str, marker:str) -> bool:
     return True
 
 class ClipDataset(torch.utils.data.Dataset):
-    "Clips shaped for `spec` from the videos in `samples`; item: (float clip `C,T,H,W`, label)."
+    "Clips shaped for `spec` from the videos in `samples`; item: (float clip `C,T,H,W`, label), uint8 with `normalize=False`."
     def __init__(self, samples:Samples, spec, train:bool, backend:str="decord", clips_per_video:int=1,
                  seed:int=0, hflip:bool=True, frames:int|None=None, shuffle_frames:bool=False, min_crop_area:float=0.25,
                  strict:bool=False,   # raise at the first bad video instead of skipping it
                  run_dir=None,        # run folder whose events.log records skipped videos
                  cache="none",        # "none", "local" (a `ClipCache` planned for these videos) or a `ClipCache`
                  cache_dir=None,      # with cache="local": its folder (default: `cache.default_cache_dir()`)
-                 cache_max_gb:float=20.0):  # with cache="local": size bound (beyond it only the first videos are cached)
-        self.samples, self.spec, self.train = samples, spec, train
+                 cache_max_gb:float=20.0,  # with cache="local": size bound (beyond it only the first videos are cached)
+                 normalize:bool=True):     # False: uint8 clips, normalised per batch by `transform.normalize_batch`
+        self.samples, self.spec, self.train, self.normalize = samples, spec, train, normalize
         self.backend = resolve_backend(backend)   # imports the decoder here, once, before DataLoader workers fork
         self.clips_per_video = 1 if train else int(clips_per_video)
         self.seed, self.shuffle_frames, self.strict, self.run_dir = seed, shuffle_frames, strict, run_dir
@@ -92,7 +93,7 @@ class ClipDataset(torch.utils.data.Dataset):
         "The video at `path`, from the cache when it has (or may build) it, else from the decoder."
         backend = backend or self.backend
         if self.cache is not None and self.cache.allows(path): return self.cache.open(path, backend)
-        return open_video(path, backend)
+        return open_video(path, backend, size=False)     # frames and fps are all a clip needs
     def __len__(self): return len(self.samples) * self.clips_per_video
     def video_index(self, i:int) -> int: return i // self.clips_per_video
     def _read_video(self, v:int, k:int, epoch:int) -> tuple:
@@ -141,4 +142,4 @@ class ClipDataset(torch.utils.data.Dataset):
         raise DataError(f"no video in this dataset decodes ({n} tried, backend {self.backend!r}); check the files with probe()")
     def __getitem__(self, key):
         x, label = self.read_uint8(key)
-        return self.transform.normalize(x), label
+        return (self.transform.normalize(x) if self.normalize else self.transform.to_layout(x)), label

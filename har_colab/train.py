@@ -364,6 +364,7 @@ class Trainer:
     # --- one batch -----------------------------------------------------------------------------------------------
     def _to_device(self, x):
         x = x.to(self.device, non_blocking=True)
+        if x.dtype == torch.uint8: x = self.train_ds.transform.normalize_batch(x)   # uint8 clips: normalised here
         return x.contiguous(memory_format=torch.channels_last_3d) if self.channels_last else x
     def _autocast(self):
         if self.amp_dtype is None: return torch.autocast(self.device.type, enabled=False)
@@ -524,7 +525,7 @@ def fit(config:TrainConfig, callbacks=None, echo=print) -> FitResult:
         cache = ClipCache(cfg.cache_dir, spec.resize, cfg.cache_max_gb, cfg.backend)
         run.log(cache.plan(train_s.paths + val_s.paths, echo=None)["message"], echo)
     kw = dict(backend=cfg.backend, seed=cfg.seed, frames=cfg.frames, shuffle_frames=cfg.shuffle_frames, strict=cfg.strict,
-              run_dir=str(run.root), cache=cache)
+              run_dir=str(run.root), cache=cache, normalize=False)   # uint8 from the workers, normalised on the device
     train_ds = ClipDataset(train_s, spec, train=True, hflip=cfg.hflip, min_crop_area=cfg.min_crop_area, **kw)
     val_ds = ClipDataset(val_s, spec, train=False, clips_per_video=cfg.eval_clips, **kw)
     cbs = default_callbacks(cfg) if callbacks is None else list(callbacks)
@@ -581,9 +582,9 @@ def evaluate_run(run_dir, checkpoint:str="best", clips:int|None=None, data=None,
     model.load_state_dict(st["model"]); model.to(dev)
     K = clips or cfg.eval_clips
     ds = ClipDataset(val_s, spec, train=False, clips_per_video=K, backend=cfg.backend, seed=cfg.seed, frames=cfg.frames,
-                     shuffle_frames=cfg.shuffle_frames)
+                     shuffle_frames=cfg.shuffle_frames, normalize=False)
     loader = torch.utils.data.DataLoader(ds, batch_size=max(1, cfg.batch_size // cfg.accumulate), num_workers=workers)
-    m, probs, labels = evaluate(model, loader, len(st["class_names"]), lambda x: x.to(dev))
+    m, probs, labels = evaluate(model, loader, len(st["class_names"]), lambda x: ds.transform.normalize_batch(x.to(dev)))
     cm = confusion_matrix(probs.argmax(1).tolist(), labels.tolist(), len(st["class_names"]))
     plot_confusion(cm, st["class_names"], run.root/"confusion.png")
     res = EvalResult(m, list(st["class_names"]), cm, path, K)

@@ -72,8 +72,8 @@ class VideoInfo:
 class VideoFile:
     "An open video: `.info`, `.read(indices)`, `.close()`; a context manager. Subclasses implement one backend."
     backend = None
-    def __init__(self, path):
-        self.path = Path(path)
+    def __init__(self, path, size:bool=True):
+        self.path, self.probe_size = Path(path), size   # size=False: width/height may stay 0 when they cost a decode
         if not self.path.is_file(): raise DataError(f"cannot decode {self.path}: file not found")
         if self.path.stat().st_size == 0: raise DataError(f"cannot decode {self.path}: empty file (0 bytes)")
         try: self.info = self._open()
@@ -138,8 +138,10 @@ class DecordVideo(VideoFile):
         vr = self._reader()
         n = len(vr)
         if n == 0: raise DataError(f"cannot decode {self.path}: no video frames")
-        h, w = vr[0].shape[:2]                   # decodes frame 0: a file whose first frame fails is unusable
-        vr.seek(0)
+        h = w = 0
+        if self.probe_size:                      # decord tells the size only by decoding a frame (frame 0)
+            h, w = vr[0].shape[:2]
+            vr.seek(0)
         return VideoInfo(frames=n, fps=float(vr.get_avg_fps() or 0.0), width=int(w), height=int(h))
     def _read(self, indices):
         try:
@@ -235,9 +237,10 @@ class PyAVVideo(VideoFile):
 # %% ../nbs/10_video.ipynb #e2cdc622
 BACKENDS = {"decord": DecordVideo, "torchcodec": TorchcodecVideo, "pyav": PyAVVideo}
 
-def open_video(path, backend:str="decord") -> VideoFile:
+def open_video(path, backend:str="decord", size:bool=True) -> VideoFile:
     "Open `path` with `backend` ('decord', 'torchcodec', 'pyav'); the result has `.info` and `.read(indices)`."
-    return BACKENDS[resolve_backend(backend)](path)
+    # size=False: a reader that needs only frames and fps (ClipDataset) skips decord's decode of frame 0 (info.width = 0)
+    return BACKENDS[resolve_backend(backend)](path, size=size)
 
 def probe(path, backend:str="decord") -> VideoInfo:
     "Frame count, fps and size of the video at `path`."
