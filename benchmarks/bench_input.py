@@ -71,7 +71,7 @@ def decode_only(samples, backend, n_clips):
     order = torch.randint(0, len(samples), (n_clips,), generator=g).tolist()
     def run():
         for v in order:
-            with open_video(samples.paths[v], backend) as video:
+            with open_video(samples.paths[v], backend, size=False) as video:   # as ClipDataset opens it
                 idx = train_clip_indices(video.info.frames, SPEC.frames, effective_stride(SPEC.stride, video.info.fps), g)
                 video.read(idx)
     return run
@@ -145,7 +145,8 @@ def main():
 
     rate = {(n, b, w): r for n, b, w, r in rows}
     lines = [f"# Input pipeline benchmark\n",
-             f"{'quick' if a.quick else 'full'} run: {len(samples)} videos ({per_kind} .avi mpeg4 + {per_kind} .mp4 H.264 per class, "
+             f"{'quick' if a.quick else 'full'} run: {len(samples)} videos ({sum(p.endswith('.avi') for p in samples.paths)} .avi mpeg4 + "
+             f"{sum(p.endswith('.mp4') for p in samples.paths)} .mp4 H.264, {len(CLASSES)} classes, "
              f"320x240, 30 fps, 3-6 s), {n_clips} clips of 16x112x112 (stride 2, short side 128) per measurement, batch "
              f"{batch_size}, median of {a.reps}; torch threads 1; {os.cpu_count()} CPU cores ({platform.processor() or platform.machine()}), "
              f"torch {torch.__version__}.\n",
