@@ -58,8 +58,8 @@ def main():
     data = make_videos(WORK/"hmdb_like", 3)
     env = dict(os.environ, PYTHONPATH=str(ROOT))
     lines = ["# Peak memory of a training run\n",
-             f"`har-colab train --model tiny3d --no-pretrained --workers 2 --batch-size 4 --epochs {a.epochs}` on the 12 "
-             f"HMDB51-like videos of bench_input.py (320x240), CPU; {os.cpu_count()} cores ({platform.processor() or platform.machine()}, shared).\n",
+             f"`har-colab train --model tiny3d --no-pretrained --workers 2 --batch-size 4 --epochs {a.epochs}` on the "
+             f"{sum(1 for _ in Path(data).rglob('*.*') if _.suffix in ('.avi', '.mp4'))} HMDB51-like videos of bench_input.py (320x240), CPU; {os.cpu_count()} cores ({platform.processor() or platform.machine()}, shared).\n",
              "| cache | processes | peak RSS, main process MB | peak RSS sum MB | peak PSS sum MB | wall s |",
              "| --- | ---: | ---: | ---: | ---: | ---: |"]
     for cache in ("none", "local"):
