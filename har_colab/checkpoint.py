@@ -12,7 +12,6 @@ import random
 import re
 import shutil
 import signal
-import tempfile
 import threading
 import time
 import warnings
@@ -21,11 +20,11 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from .core import CheckpointError, fsync_dir, log_event
+from .core import CheckpointError, commit_temp, fault_injected, log_event, write_temp
 
 # %% auto #0
 __all__ = ['FORMAT_VERSION', 'REQUIRED_KEYS', 'RunFolder', 'get_rng_state', 'set_rng_state', 'serialize', 'tensor_bytes',
-           'save_checkpoint', 'CheckpointWriter', 'link_or_copy', 'load_checkpoint', 'checkpoint_candidates',
+           'CheckpointWriter', 'save_checkpoint', 'link_or_copy', 'load_checkpoint', 'checkpoint_candidates',
            'find_checkpoint', 'prune_epoch_checkpoints']
 
 # %% ../nbs/30_checkpoint.ipynb #8b658405
@@ -69,34 +68,19 @@ FORMAT_VERSION = 1
 REQUIRED_KEYS = ("format_version", "model", "optimizer", "scheduler", "scaler", "epoch", "step_in_epoch", "global_step",
                  "rng", "history", "config", "class_names", "model_name")
 
-_saves_in_process = 0
-
-def _kill_this_save() -> bool:
-    "Fault injection for tests: `HAR_COLAB_KILL_DURING_SAVE=N` makes the N-th save of this process die halfway through its write."
-    global _saves_in_process
-    _saves_in_process += 1
-    n = os.environ.get("HAR_COLAB_KILL_DURING_SAVE")
-    return bool(n) and int(n) == _saves_in_process
-
 def serialize(state:dict) -> memoryview:
     "The bytes `torch.save` would write for `state`."
     buf = io.BytesIO(); torch.save(state, buf); return buf.getbuffer()
 
 def _write_temp(data, path:Path, kill:bool=False) -> Path:
-    "Write `data` (bytes from `serialize`, or a state dict to `torch.save`) into a new temporary file beside `path`."
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix="." + path.name + ".", suffix=".partial", dir=path.parent)
-    try:
-        with os.fdopen(fd, "wb") as f:
-            if kill:                                   # half of the checkpoint reaches the disk, then the process dies
-                data = data if isinstance(data, memoryview) else serialize(data)
-                f.write(data[: len(data) // 2]); f.flush(); os.fsync(f.fileno()); os.kill(os.getpid(), signal.SIGKILL)
-            if isinstance(data, memoryview): f.write(data)
-            else: torch.save(data, f)
-            f.flush()
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True); raise
-    return Path(tmp)
+    "`write_temp` of `data` (bytes from `serialize`, or a state dict to `torch.save`) beside `path`."
+    def write(f):
+        if kill:                                   # fault injection: half of the checkpoint reaches the disk, then the process dies
+            b = data if isinstance(data, memoryview) else serialize(data)
+            f.write(b[: len(b) // 2]); f.flush(); os.fsync(f.fileno()); os.kill(os.getpid(), signal.SIGKILL)
+        if isinstance(data, memoryview): f.write(data)
+        else: torch.save(data, f)
+    return write_temp(path, write, suffix=".partial")
 
 def tensor_bytes(obj) -> int:
     "Bytes of the tensors in a nested dict / list (a checkpoint's size, about)."
@@ -104,14 +88,6 @@ def tensor_bytes(obj) -> int:
     if isinstance(obj, dict): return sum(tensor_bytes(v) for v in obj.values())
     if isinstance(obj, (list, tuple)): return sum(tensor_bytes(v) for v in obj)
     return 0
-
-def _commit(tmp:Path, path:Path):
-    "fsync the temporary file, rename it to `path`, fsync the folder."
-    fd = os.open(tmp, os.O_RDWR)
-    try: os.fsync(fd)
-    finally: os.close(fd)
-    os.replace(tmp, path)
-    fsync_dir(path.parent)
 
 def _retrying(fn, path, retries:int, wait:float, cleanup=None):
     "`fn()`, retried on `OSError`; after the last try a `CheckpointError` that says the previous checkpoint is intact."
@@ -128,13 +104,6 @@ def _check_state(state:dict):
     missing = [k for k in REQUIRED_KEYS if k not in state]
     if missing: raise ValueError(f"checkpoint state lacks {missing}")
 
-def save_checkpoint(state:dict, path, retries:int=3, wait:float=2.0) -> Path:
-    "Atomically write `state` to `path` (temp file, fsync, rename), retrying `retries` times."
-    path = Path(path); _check_state(state); kill = _kill_this_save()
-    tmp = _retrying(lambda: _write_temp(state, path, kill), path, retries, wait)
-    _retrying(lambda: _commit(tmp, path), path, retries, wait, cleanup=lambda: tmp.unlink(missing_ok=True))
-    return path
-
 class CheckpointWriter:
     "`save_checkpoint` that blocks only for `torch.save` into memory: writing, fsync, rename and `then()` run in a background thread."
     def __init__(self, retries:int=3, wait:float=2.0, background:bool=True, max_buffer_mb:float=4096):
@@ -143,12 +112,12 @@ class CheckpointWriter:
     def save(self, state:dict, path, then=None):
         "Serialise `state` now; write it to `path` (then call `then()`) in the background."
         self.wait()                                       # the previous save first (and its error, if any)
-        path = Path(path); _check_state(state); kill = _kill_this_save()
+        path = Path(path); _check_state(state); kill = fault_injected("HAR_COLAB_KILL_DURING_SAVE")
         if self.background and tensor_bytes(state) <= self.max_buffer: data = serialize(state)
         else: data = _retrying(lambda: _write_temp(state, path, kill), path, self.retries, self.wait_s)  # larger: to disk now
         def finish():
             tmp = data if isinstance(data, Path) else _retrying(lambda: _write_temp(data, path, kill), path, self.retries, self.wait_s)
-            _retrying(lambda: _commit(tmp, path), path, self.retries, self.wait_s, cleanup=lambda: tmp.unlink(missing_ok=True))
+            _retrying(lambda: commit_temp(tmp, path), path, self.retries, self.wait_s, cleanup=lambda: tmp.unlink(missing_ok=True))
             if then is not None: then()
         if not self.background: return finish()
         def run():
@@ -164,6 +133,11 @@ class CheckpointWriter:
         if t is not None: t.join()
         e, self._error = self._error, None
         if e is not None: raise e
+
+def save_checkpoint(state:dict, path, retries:int=3, wait:float=2.0) -> Path:
+    "Atomically write `state` to `path` (temp file, fsync, rename), retrying `retries` times; returns when it is on disk."
+    CheckpointWriter(retries, wait, background=False).save(state, path)
+    return Path(path)
 
 def link_or_copy(src, dst):
     "Make `dst` the same checkpoint as `src` atomically (hard link where possible, else a copy)."

@@ -18,8 +18,8 @@ import torch
 
 # %% auto #0
 __all__ = ['VML_OPS', 'HarError', 'ConfigError', 'DataError', 'CheckpointError', 'ShapeError', 'seed_everything', 'derive_seed',
-           'torch_generator', 'warm_up_cpu_math', 'resolve_device', 'amp_dtype', 'fsync_dir', 'atomic_write',
-           'atomic_write_text', 'atomic_write_json', 'log_event']
+           'torch_generator', 'warm_up_cpu_math', 'resolve_device', 'amp_dtype', 'fsync_dir', 'write_temp',
+           'commit_temp', 'atomic_write', 'atomic_write_text', 'atomic_write_json', 'log_event', 'fault_injected']
 
 # %% ../nbs/00_core.ipynb #d5bec1c3
 class HarError(Exception):
@@ -103,8 +103,8 @@ def fsync_dir(path):
         finally: os.close(fd)
     except OSError: pass
 
-def atomic_write(path, write_fn, suffix:str=".tmp"):
-    "Call `write_fn(file_object)` on a temp file beside `path`, fsync it, then rename it to `path`."
+def write_temp(path, write_fn, suffix:str=".tmp") -> Path:
+    "Call `write_fn(file_object)` on a new temp file beside `path`; return its path (written and flushed, not fsynced)."
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     fd, tmp = tempfile.mkstemp(prefix="." + path.name + ".", suffix=suffix, dir=path.parent)
@@ -112,14 +112,25 @@ def atomic_write(path, write_fn, suffix:str=".tmp"):
         with os.fdopen(fd, "wb") as f:
             write_fn(f)
             f.flush()
-            os.fsync(f.fileno())
-        os.replace(tmp, path)
     except BaseException:
-        try: os.unlink(tmp)
-        except OSError: pass
-        raise
-    fsync_dir(path.parent)
-    return path
+        Path(tmp).unlink(missing_ok=True); raise
+    return Path(tmp)
+
+def commit_temp(tmp, path) -> Path:
+    "fsync the temp file `tmp`, rename it to `path`, fsync the folder (`tmp` stays when this fails: retry or remove it)."
+    fd = os.open(tmp, os.O_RDWR)
+    try: os.fsync(fd)
+    finally: os.close(fd)
+    os.replace(tmp, path)
+    fsync_dir(Path(path).parent)
+    return Path(path)
+
+def atomic_write(path, write_fn, suffix:str=".tmp") -> Path:
+    "Call `write_fn(file_object)` on a temp file beside `path`, fsync it, then rename it to `path`."
+    tmp = write_temp(path, write_fn, suffix)
+    try: return commit_temp(tmp, path)
+    except BaseException:
+        tmp.unlink(missing_ok=True); raise
 
 def atomic_write_text(path, text:str):
     "Write `text` (UTF-8) to `path` atomically."
@@ -140,3 +151,12 @@ def log_event(run_dir, message:str, echo=None):
     with open(run_dir/"events.log", "a", encoding="utf-8") as f:
         f.write(f"{stamp} {message.strip()}\n")
         f.flush()
+
+# %% ../nbs/00_core.ipynb #a5fda050
+_fault_calls = {}
+
+def fault_injected(var:str) -> bool:
+    "True at the N-th call with `var` in this process when the environment sets `var=N` (fault injection for tests)."
+    _fault_calls[var] = _fault_calls.get(var, 0) + 1
+    n = os.environ.get(var)
+    return bool(n) and int(n) == _fault_calls[var]

@@ -19,8 +19,8 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from .core import (ConfigError, DataError, HarError, amp_dtype, atomic_write_json, derive_seed, resolve_device,
-                            seed_everything)
+from .core import (ConfigError, DataError, HarError, amp_dtype, atomic_write_json, derive_seed, fault_injected,
+                            resolve_device, seed_everything)
 from .datasets import Samples, load_samples, subset, train_val_split
 from .clips import ClipDataset
 from .models import check_input, count_parameters, create_model, get_spec
@@ -238,14 +238,9 @@ def evaluate(model:nn.Module, loader, num_classes:int, to_device=None, autocast=
     return m, probs, labels
 
 # %% ../nbs/40_train.ipynb #15104379
-_evals_in_process = 0
-
 def _eval_fault(check_stop=None):
     "`check_stop` for one validation pass, which SIGKILLs this process at its second batch when `HAR_COLAB_KILL_DURING_EVAL` names this pass."
-    global _evals_in_process
-    _evals_in_process += 1
-    n = os.environ.get("HAR_COLAB_KILL_DURING_EVAL")
-    if not n or int(n) != _evals_in_process: return check_stop
+    if not fault_injected("HAR_COLAB_KILL_DURING_EVAL"): return check_stop
     calls = []
     def stop():
         calls.append(1)
