@@ -15,7 +15,8 @@ import time
 from .core import atomic_write, atomic_write_text
 from .checkpoint import CheckpointWriter, link_or_copy, prune_epoch_checkpoints
 from .plots import METRIC_COLUMNS, plot_curves
-from .train import Callback, TrainConfig
+from .events import Callback
+from .config import TrainConfig
 
 # %% auto #0
 __all__ = ['format_epoch', 'ProgressCallback', 'metrics_csv', 'MetricsCallback', 'CheckpointCallback', 'in_notebook',

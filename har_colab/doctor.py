@@ -22,7 +22,9 @@ from .core import HarError, resolve_device, seed_everything
 from .datasets import Samples
 from .clips import ClipDataset
 from .models import count_parameters, create_model, get_spec
-from .train import Callback, TrainConfig, build_samples, resolve_config
+from .events import Callback
+from .config import TrainConfig, resolve_config
+from .build import build_model, build_samples, clip_dataset
 
 # %% auto #0
 __all__ = ['STATUSES', 'CAUSE_ORDER', 'SECTIONS', 'Finding', 'DoctorReport', 'check_class_counts', 'file_fingerprint',
@@ -578,8 +580,7 @@ def doctor(config:TrainConfig, run_dir=None, checks=None, *, samples_override=No
     train, val = samples_override if samples_override is not None else build_samples(cfg)
     C = len(train.class_names)
 
-    model = model_override if model_override is not None else create_model(
-        cfg.model, C, pretrained=cfg.pretrained, freeze=cfg.freeze, k=cfg.freeze_k)
+    model = model_override if model_override is not None else build_model(cfg, C)
     model = model.to(device)
     head = _head(model, spec); head_size = getattr(head, "out_features", None)
 
@@ -600,8 +601,7 @@ def doctor(config:TrainConfig, run_dir=None, checks=None, *, samples_override=No
 
     need_batches = sections & {"input", "model", "optimisation"}
     if need_batches:
-        ds = ClipDataset(train, spec, train=True, backend=cfg.backend, seed=cfg.seed, hflip=cfg.hflip, frames=cfg.frames,
-                         shuffle_frames=cfg.shuffle_frames, min_crop_area=cfg.min_crop_area)
+        ds = clip_dataset(cfg, train, train=True, normalize=True)
         xs, ys = _pool(ds, max(batch_size, min(len(train), 48)), cfg.seed)
         B = min(batch_size, len(xs))
         fix = transform_override or (lambda x: x)
