@@ -6,20 +6,23 @@
 from __future__ import annotations
 
 import datetime as _dt
+import errno
 import hashlib
 import json
 import os
 import random
 import tempfile
+import time
 from pathlib import Path
 
 import numpy as np
 import torch
 
 # %% auto #0
-__all__ = ['VML_OPS', 'HarError', 'ConfigError', 'DataError', 'CheckpointError', 'ShapeError', 'seed_everything', 'derive_seed',
-           'torch_generator', 'warm_up_cpu_math', 'resolve_device', 'amp_dtype', 'fsync_dir', 'write_temp',
-           'commit_temp', 'atomic_write', 'atomic_write_text', 'atomic_write_json', 'log_event', 'fault_injected']
+__all__ = ['VML_OPS', 'HarError', 'ConfigError', 'DataError', 'CheckpointError', 'ShapeError', 'RunFolderError',
+           'seed_everything', 'derive_seed', 'torch_generator', 'warm_up_cpu_math', 'resolve_device', 'amp_dtype',
+           'fsync_dir', 'write_temp', 'commit_temp', 'atomic_write', 'atomic_write_text', 'atomic_write_json',
+           'log_event', 'fault_injected', 'fault_oserror', 'fault_pause']
 
 # %% ../nbs/00_core.ipynb #d5bec1c3
 class HarError(Exception):
@@ -37,6 +40,9 @@ class CheckpointError(HarError):
 
 class ShapeError(HarError):
     "An input does not have the shape the model expects."
+
+class RunFolderError(HarError):
+    "The run folder cannot be used as it is: another process trains in it, it is read-only or a file, or it has a history but no checkpoint."
 
 # %% ../nbs/00_core.ipynb #56dbb07f
 def seed_everything(seed:int):
@@ -141,22 +147,46 @@ def atomic_write_json(path, obj):
     return atomic_write_text(path, json.dumps(obj, indent=2, sort_keys=True, default=str) + "\n")
 
 # %% ../nbs/00_core.ipynb #32b18092
-def log_event(run_dir, message:str, echo=None):
-    "Append `message` with a timestamp to `run_dir/events.log`; also pass it to `echo` (e.g. `print`) when given."
+def log_event(run_dir, message:str, echo=None) -> bool:
+    "Append `message` with a timestamp to `run_dir/events.log` (and pass it to `echo`, e.g. `print`); False when the folder cannot be written."
     if echo is not None: echo(message)
-    if run_dir is None: return
-    run_dir = Path(run_dir)
-    run_dir.mkdir(parents=True, exist_ok=True)
+    if run_dir is None: return False
     stamp = _dt.datetime.now(_dt.timezone.utc).strftime("%Y-%m-%dT%H:%M:%SZ")
-    with open(run_dir/"events.log", "a", encoding="utf-8") as f:
-        f.write(f"{stamp} {message.strip()}\n")
-        f.flush()
+    try:
+        Path(run_dir).mkdir(parents=True, exist_ok=True)
+        with open(Path(run_dir)/"events.log", "a", encoding="utf-8") as f:
+            f.write(f"{stamp} {message.strip()}\n")
+            f.flush()
+        return True
+    except OSError: return False          # a full or read-only disk: the log is not worth stopping training for
 
 # %% ../nbs/00_core.ipynb #a5fda050
 _fault_calls = {}
 
+def _fault_count(var:str) -> int:
+    _fault_calls[var] = _fault_calls.get(var, 0) + 1
+    return _fault_calls[var]
+
 def fault_injected(var:str) -> bool:
     "True at the N-th call with `var` in this process when the environment sets `var=N` (fault injection for tests)."
-    _fault_calls[var] = _fault_calls.get(var, 0) + 1
-    n = os.environ.get(var)
-    return bool(n) and int(n) == _fault_calls[var]
+    k, n = _fault_count(var), os.environ.get(var)
+    return bool(n) and int(n) == k
+
+def fault_oserror(var:str, path=None):
+    "Raise an `OSError` at the calls the environment's `var='N[-M][:ERRNO]'` names (N to M, `N-`: from N on; default EIO)."
+    k, spec = _fault_count(var), os.environ.get(var)
+    if not spec: return
+    calls, _, name = spec.partition(":")
+    first, dash, last = calls.partition("-")
+    if int(first) <= k and (not dash or not last or k <= int(last)) and (dash or k == int(first)):
+        code = getattr(errno, name or "EIO")
+        raise OSError(code, f"{os.strerror(code)} (injected by {var})", None if path is None else str(path))
+
+def fault_pause(var:str, at:int, timeout:float=900):
+    "When the environment's `var` lists `at` (e.g. `var='2,4'`): write `$HAR_COLAB_PAUSE_DIR/paused-<at>` and wait for `go-<at>` there."
+    listed = os.environ.get(var, "")
+    if str(at) not in [v.strip() for v in listed.split(",")]: return
+    folder = Path(os.environ.get("HAR_COLAB_PAUSE_DIR", "."))
+    (folder/f"paused-{at}").write_text(str(os.getpid()))
+    deadline = time.time() + timeout
+    while not (folder/f"go-{at}").exists() and time.time() < deadline: time.sleep(0.05)

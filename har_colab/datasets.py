@@ -109,8 +109,19 @@ def find_splits(root, splits, subdir:str, has_files, what:str) -> Path:
     for d in places:
         if d.is_dir() and has_files(d): return d
     where = ", ".join(str(d) for d in places)
+    if not splits and _looks_like_folder_dataset(root):
+        raise DataError(f"{what} not found (looked in {where}), and {root} has one folder of videos per class: for a dataset "
+                        "of your own use --format folder; for the official one, extract its split archive there or pass --splits")
     raise DataError(f"{what} not found (looked in {where}); extract the official split archive there "
                     f"or pass its folder with --splits (splits=)")
+
+def _looks_like_folder_dataset(root:Path) -> bool:
+    "True when `root` has sub-folders that hold videos (a folder-per-class dataset)."
+    try:
+        for c in root.iterdir():
+            if c.is_dir() and not c.name.startswith(".") and any(p.suffix.lower() in VIDEO_EXTENSIONS for p in c.iterdir()): return True
+    except OSError: pass
+    return False
 
 def _read_lines(path) -> list:
     "Non-empty stripped lines of a split file, with their line numbers."

@@ -70,9 +70,12 @@ def register(spec:ModelSpec) -> ModelSpec:
 def list_models() -> list: return list(MODELS)
 
 def get_spec(name:str) -> ModelSpec:
-    "The spec of model `name`; a one-line error naming the choices otherwise."
-    if name not in MODELS: raise ConfigError(f"unknown model {name!r}; choose one of: {', '.join(MODELS)}")
-    return MODELS[name]
+    "The spec of model `name`; a one-line error with the closest names (or the choices) otherwise."
+    if name in MODELS: return MODELS[name]
+    import difflib
+    close = difflib.get_close_matches(str(name), list(MODELS), n=3, cutoff=0.6)
+    if close: raise ConfigError(f"unknown model {name!r}; did you mean {' or '.join(close)}? (har-colab models lists them all)")
+    raise ConfigError(f"unknown model {name!r}; choose one of: {', '.join(MODELS)}")
 
 # %% ../nbs/20_models.ipynb #e391c643
 def _conv_bn(cin, cout, kernel, stride, padding):

@@ -18,9 +18,17 @@ __all__ = ['METRIC_COLUMNS', 'read_metrics', 'plot_curves', 'save_figure', 'conf
 METRIC_COLUMNS = ["epoch", "train_loss", "train_acc", "val_loss", "val_acc", "val_video_acc", "lr", "epoch_seconds"]
 
 def read_metrics(path) -> list:
-    "Rows of a `metrics.csv` as dicts of floats (epoch as int)."
-    with open(path, newline="") as f:
-        return [{k: (int(float(v)) if k == "epoch" else float(v)) for k, v in row.items() if v not in (None, "")} for row in csv.DictReader(f)]
+    "Rows of a `metrics.csv` as dicts of floats (epoch as int); `DataError` when the file is not one."
+    try:
+        with open(path, newline="", encoding="utf-8") as f:
+            rows = [{k: (int(float(v)) if k == "epoch" else float(v)) for k, v in row.items() if v not in (None, "")}
+                    for row in csv.DictReader(f)]
+        if any("epoch" not in r for r in rows): raise ValueError("no epoch column")
+    except (UnicodeDecodeError, ValueError, TypeError, csv.Error) as e:
+        from har_colab.core import DataError
+        raise DataError(f"{path} is not a metrics.csv ({type(e).__name__}: {str(e).splitlines()[0][:80] if str(e) else ''}); the next "
+                        "epoch of training rewrites it from the checkpoint's history (or delete it)") from None
+    return rows
 
 def plot_curves(history:list, path=None, title:str="", chance:float|None=None) -> Figure:
     "Loss (train, val), accuracy (train, val clip, val video) and LR per epoch; saved to `path` when given."
