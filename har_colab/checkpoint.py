@@ -5,13 +5,19 @@
 # %% ../nbs/30_checkpoint.ipynb #7047ea24
 from __future__ import annotations
 
+import errno
+import hashlib
 import io
+import json
 import os
 import pickle
 import random
 import re
+import secrets
 import shutil
 import signal
+import socket
+import sys
 import threading
 import time
 import warnings
@@ -20,29 +26,89 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from .core import CheckpointError, commit_temp, fault_injected, log_event, write_temp
+from .core import (CheckpointError, RunFolderError, atomic_write, commit_temp, fault_injected, fault_oserror, fsync_dir,
+                            log_event, write_temp)
+from .env import in_colab
 
 # %% auto #0
-__all__ = ['FORMAT_VERSION', 'REQUIRED_KEYS', 'RunFolder', 'get_rng_state', 'set_rng_state', 'serialize', 'tensor_bytes',
-           'CheckpointWriter', 'save_checkpoint', 'link_or_copy', 'load_checkpoint', 'checkpoint_candidates',
-           'find_checkpoint', 'prune_epoch_checkpoints']
+__all__ = ['FORMAT_VERSION', 'REQUIRED_KEYS', 'TRANSIENT_ERRNOS', 'COLAB_FALLBACK_DIR', 'LOCK_HEARTBEAT_SECONDS',
+           'LOCK_STALE_SECONDS', 'RunFolder', 'epoch_number', 'get_rng_state', 'set_rng_state', 'serialize',
+           'tensor_bytes', 'CheckpointWriter', 'save_checkpoint', 'link_or_copy', 'load_checkpoint',
+           'checkpoint_progress', 'loadable', 'checkpoint_candidates', 'find_checkpoint', 'prune_epoch_checkpoints',
+           'fallback_folder', 'RunLock']
 
 # %% ../nbs/30_checkpoint.ipynb #8b658405
 class RunFolder:
-    "Paths of a run folder."
-    def __init__(self, root):
+    "Paths of a run folder; writes go to `fallback` (another folder) while this one does not answer."
+    def __init__(self, root, fallback=None, echo=None):
         self.root = Path(root).expanduser()
         self.config, self.metrics, self.samples = self.root/"config.json", self.root/"metrics.csv", self.root/"samples.json"
         self.checkpoints = self.root/"checkpoints"
         self.last, self.best = self.checkpoints/"last.pt", self.checkpoints/"best.pt"
-        self.curves, self.events = self.root/"curves.png", self.root/"events.log"
+        self.curves, self.events, self.lock_file = self.root/"curves.png", self.root/"events.log", self.root/"train.lock"
+        self.fallback = None if fallback is None else RunFolder(fallback)
+        self.echo = echo                  # where the loud messages go (print in a notebook)
+        self.lock = None                  # the `RunLock` this process holds on the folder
+        self.degraded = False             # True while writes go to the fallback folder
+        self._held, self._mutex = None, threading.RLock()
     def epoch_checkpoint(self, epoch:int) -> Path: return self.checkpoints/f"epoch_{epoch:03d}.pt"
     def epoch_checkpoints(self) -> list:
         "End-of-epoch checkpoints, oldest first."
-        return sorted(self.checkpoints.glob("epoch_[0-9][0-9][0-9]*.pt"), key=lambda p: int(re.findall(r"\d+", p.stem)[0]))
-    def log(self, message:str, echo=None): log_event(self.root, message, echo)
+        return sorted(self.checkpoints.glob("epoch_[0-9][0-9][0-9]*.pt"), key=epoch_number)
+    def log(self, message:str, echo=None):
+        "Append `message` to events.log (the fallback folder's while writes go there; kept back while the log is held)."
+        if echo is not None: echo(message)
+        if self._held is not None: self._held.append(message); return
+        if self.degraded or not log_event(self.root, message):
+            if self.fallback is not None: log_event(self.fallback.root, message)
+    def hold_log(self): self._held = []; return self
+    def release_log(self, write:bool=True):
+        "Write the messages held back (or drop them: `write=False`) and log directly again."
+        held, self._held = self._held or [], None
+        if write:
+            for m in held: self.log(m)
     def mkdir(self): self.checkpoints.mkdir(parents=True, exist_ok=True); return self
+    def write(self, op, what:str, retries:int=0, wait:float=0.0, recover:bool=False):
+        "`op(folder)` on this folder (retried on transient errors); when it fails, `op(self.fallback)`, said loudly once."
+        if self.lock is not None: self.lock.check()          # another process took the folder over: write nothing
+        if self.degraded and not (recover and self.copy_back()): return self._fall_back(op, what, None)
+        try: return _retrying(lambda: op(self), retries, wait)
+        except OSError as e: return self._fall_back(op, what, e)
+    def write_bytes(self, path, data:bytes) -> Path:
+        "Write `data` to `path` (a file of this folder) atomically, on the fallback folder while this one does not answer."
+        rel = Path(path).relative_to(self.root)
+        return self.write(lambda f: atomic_write(f.root/rel, lambda fo: fo.write(data)), rel.as_posix())
+    def _fall_back(self, op, what:str, error):
+        with self._mutex:
+            if error is None and not self.degraded:       # the run folder answered again meanwhile (another thread)
+                try: return op(self)
+                except OSError as e: error = e
+            if self.fallback is None:
+                raise CheckpointError(f"could not write {what} to {self.root}{_tries(error)} ({_brief(error)}); the previous "
+                                      "checkpoint is intact. Free space on the disk / Drive (or set --fallback-dir), then re-run to resume")
+            if not self.degraded:
+                self.degraded = True
+                self.fallback.log(f"WARNING: cannot write to the run folder {self.root} ({_brief(error)}); checkpoints go to "
+                                  f"{self.fallback.root} until it answers again (every save tries it) and training goes on. If this "
+                                  "session ends first, re-run the same command on this machine: it resumes from there", self.echo)
+            try: return op(self.fallback)
+            except OSError as e:
+                raise CheckpointError(f"could not write {what} to {self.root} ({_brief(error)}) nor to the fallback folder "
+                                      f"{self.fallback.root} ({_brief(e)}); the previous checkpoint is intact. Free space, then re-run to resume") from None
+    def copy_back(self) -> bool:
+        "Try the run folder again: copy what the fallback folder took meanwhile back here; True when it answered."
+        with self._mutex:
+            if not self.degraded: return True
+            try: copied = _copy_back(self.fallback, self)
+            except OSError: return False
+            self.degraded = False
+        self.log(f"the run folder answers again: copied {', '.join(copied) or 'nothing'} back from {self.fallback.root}", self.echo)
+        return True
     def __repr__(self): return f"RunFolder({self.root})"
+
+def epoch_number(path) -> int:
+    "The epoch of an `epoch_NNN.pt` checkpoint."
+    return int(re.findall(r"\d+", Path(path).stem)[0])
 
 # %% ../nbs/30_checkpoint.ipynb #b84efe86
 def get_rng_state() -> dict:
@@ -67,6 +133,8 @@ def set_rng_state(st:dict):
 FORMAT_VERSION = 1
 REQUIRED_KEYS = ("format_version", "model", "optimizer", "scheduler", "scaler", "epoch", "step_in_epoch", "global_step",
                  "rng", "history", "config", "class_names", "model_name")
+TRANSIENT_ERRNOS = frozenset(getattr(errno, n) for n in ("EIO", "ENOTCONN", "ESTALE", "ENOSPC", "EDQUOT", "ETIMEDOUT")
+                             if hasattr(errno, n))
 
 def serialize(state:dict) -> memoryview:
     "The bytes `torch.save` would write for `state`."
@@ -82,6 +150,29 @@ def _write_temp(data, path:Path, kill:bool=False) -> Path:
         else: torch.save(data, f)
     return write_temp(path, write, suffix=".partial")
 
+def _commit(data, path:Path, kill:bool=False) -> Path:
+    "Write `data` to `path` atomically (temp file, fsync, rename); no temp file stays behind on failure."
+    tmp = _write_temp(data, path, kill)
+    try: return commit_temp(tmp, path)
+    except BaseException:
+        tmp.unlink(missing_ok=True); raise
+
+_NO_LINKS = {getattr(errno, n) for n in ("EPERM", "ENOTSUP", "EOPNOTSUPP", "EXDEV", "EMLINK", "ENOSYS") if hasattr(errno, n)}
+
+def _link(src:Path, dst:Path, data=None) -> Path:
+    "Make `dst` a hard link to `src` atomically; where links are not supported, a copy (from `data` when given)."
+    tmp = dst.with_name(f".{dst.name}.{os.getpid()}.partial")
+    try:
+        tmp.unlink(missing_ok=True)
+        try: os.link(src, tmp)
+        except OSError as e:
+            if e.errno not in _NO_LINKS: raise
+            if data is not None: return _commit(data, dst)
+            shutil.copyfile(src, tmp)
+        os.replace(tmp, dst); fsync_dir(dst.parent)
+    finally: tmp.unlink(missing_ok=True)
+    return dst
+
 def tensor_bytes(obj) -> int:
     "Bytes of the tensors in a nested dict / list (a checkpoint's size, about)."
     if torch.is_tensor(obj): return obj.numel() * obj.element_size()
@@ -89,16 +180,22 @@ def tensor_bytes(obj) -> int:
     if isinstance(obj, (list, tuple)): return sum(tensor_bytes(v) for v in obj)
     return 0
 
-def _retrying(fn, path, retries:int, wait:float, cleanup=None):
-    "`fn()`, retried on `OSError`; after the last try a `CheckpointError` that says the previous checkpoint is intact."
+def _retrying(fn, retries:int, wait:float):
+    "`fn()`, tried again up to `retries` times on a transient `OSError`; the last error is raised (with its `tries`)."
     for attempt in range(retries + 1):
         try: return fn()
         except OSError as e:
-            if attempt == retries:
-                if cleanup: cleanup()
-                raise CheckpointError(f"could not save {path} after {retries + 1} tries ({e}); the previous checkpoint "
-                                      "is intact. Free space on the disk / Drive, then re-run to resume") from None
+            if attempt == retries or e.errno not in TRANSIENT_ERRNOS:
+                e.tries = attempt + 1; raise
             time.sleep(wait * (attempt + 1))
+
+def _brief(e) -> str:
+    "An OSError in a few words: 'No space left on device (ENOSPC)'."
+    if e is None: return "it did not answer before"
+    name = errno.errorcode.get(e.errno, "") if isinstance(e, OSError) and e.errno else ""
+    return f"{e.strerror or e}" + (f" ({name})" if name else "") if isinstance(e, OSError) else str(e)
+
+def _tries(e) -> str: return f" after {e.tries} tries" if getattr(e, "tries", 1) > 1 else ""
 
 def _check_state(state:dict):
     missing = [k for k in REQUIRED_KEYS if k not in state]
@@ -107,26 +204,41 @@ def _check_state(state:dict):
 class CheckpointWriter:
     "`save_checkpoint` that blocks only for `torch.save` into memory: writing, fsync, rename and `then()` run in a background thread."
     def __init__(self, retries:int=3, wait:float=2.0, background:bool=True, max_buffer_mb:float=4096):
+        wait = float(os.environ.get("HAR_COLAB_RETRY_WAIT", wait))
         self.retries, self.wait_s, self.background, self.max_buffer = retries, wait, background, max_buffer_mb * 2**20
         self._thread, self._error = None, None
-    def save(self, state:dict, path, then=None):
-        "Serialise `state` now; write it to `path` (then call `then()`) in the background."
+    def save(self, state:dict, path, then=None,
+             run:RunFolder|None=None,  # `path` is in `run`: on failure the files go to its fallback folder
+             links=(),                 # other names for the same file (hard links)
+             copies=()):               # other names written as files of their own
+        "Serialise `state` now; write it to `path` (and `links`, `copies`), then call `then(folder)`, in the background."
         self.wait()                                       # the previous save first (and its error, if any)
         path = Path(path); _check_state(state); kill = fault_injected("HAR_COLAB_KILL_DURING_SAVE")
-        if self.background and tensor_bytes(state) <= self.max_buffer: data = serialize(state)
-        else: data = _retrying(lambda: _write_temp(state, path, kill), path, self.retries, self.wait_s)  # larger: to disk now
+        small = self.background and tensor_bytes(state) <= self.max_buffer
+        data = serialize(state) if small else state       # larger: written from the state before save returns
+        def write_into(folder):                           # folder: `run` or its fallback (None without a run)
+            at = (lambda p: Path(p)) if folder is None or folder is run else (lambda p: folder.root/Path(p).relative_to(run.root))
+            if folder is run: fault_oserror("HAR_COLAB_FAIL_SAVE", path)      # fault injection: the run folder fails
+            main = _commit(data, at(path), kill)
+            for p in links: _link(main, at(p), data)
+            for p in copies: _commit(data, at(p))
+            if then is not None: then(folder)
         def finish():
-            tmp = data if isinstance(data, Path) else _retrying(lambda: _write_temp(data, path, kill), path, self.retries, self.wait_s)
-            _retrying(lambda: commit_temp(tmp, path), path, self.retries, self.wait_s, cleanup=lambda: tmp.unlink(missing_ok=True))
-            if then is not None: then()
-        if not self.background: return finish()
-        def run():
+            if run is not None: return run.write(write_into, f"checkpoints/{path.name}", self.retries, self.wait_s, recover=True)
+            try: _retrying(lambda: write_into(None), self.retries, self.wait_s)
+            except OSError as e:
+                raise CheckpointError(f"could not save {path}{_tries(e)} ({_brief(e)}); the previous checkpoint is intact. "
+                                      "Free space on the disk / Drive, then re-run to resume") from None
+        if not small: return finish()
+        def work():
             try: finish()
             except BaseException as e: self._error = e
         # not a daemon: an interpreter that exits normally finishes the save first
-        self._thread = threading.Thread(target=run, name="har_colab-checkpoint"); self._thread.start()
+        self._thread = threading.Thread(target=work, name="har_colab-checkpoint"); self._thread.start()
     @property
     def busy(self) -> bool: return self._thread is not None and self._thread.is_alive()
+    @property
+    def failed(self) -> bool: return self._error is not None and not self.busy
     def wait(self):
         "Block until the save in flight is on disk; raise its error (a `CheckpointError` after the retries)."
         t, self._thread = self._thread, None
@@ -139,18 +251,9 @@ def save_checkpoint(state:dict, path, retries:int=3, wait:float=2.0) -> Path:
     CheckpointWriter(retries, wait, background=False).save(state, path)
     return Path(path)
 
-def link_or_copy(src, dst):
+def link_or_copy(src, dst) -> Path:
     "Make `dst` the same checkpoint as `src` atomically (hard link where possible, else a copy)."
-    src, dst = Path(src), Path(dst)
-    tmp = dst.with_name(f".{dst.name}.{os.getpid()}.partial")
-    try:
-        if tmp.exists(): tmp.unlink()
-        try: os.link(src, tmp)
-        except OSError: shutil.copyfile(src, tmp)
-        os.replace(tmp, dst)
-    finally:
-        if tmp.exists(): tmp.unlink()
-    return dst
+    return _link(Path(src), Path(dst))
 
 # %% ../nbs/30_checkpoint.ipynb #4625218d
 def load_checkpoint(path, map_location="cpu") -> dict:
@@ -168,21 +271,231 @@ def load_checkpoint(path, map_location="cpu") -> dict:
         raise CheckpointError(f"{path} has format {state['format_version']}, newer than this har_colab ({FORMAT_VERSION}); upgrade: pip install -U har_colab")
     return state
 
+def checkpoint_progress(path) -> tuple:
+    "(epoch, step_in_epoch) of a checkpoint, read through a memory map (its tensors stay on disk); `CheckpointError` when it does not load."
+    try:
+        state = torch.load(path, map_location="cpu", weights_only=True, mmap=True)
+        if not isinstance(state, dict) or any(k not in state for k in REQUIRED_KEYS): raise ValueError
+    except Exception: state = load_checkpoint(path)      # no memory maps here, or a broken file: this says which
+    return int(state["epoch"]), int(state["step_in_epoch"])
+
+def loadable(path) -> bool:
+    "True when `checkpoint_progress(path)` can read the checkpoint."
+    try: checkpoint_progress(path); return True
+    except CheckpointError: return False
+
 def checkpoint_candidates(run:RunFolder) -> list:
-    "Checkpoints of `run`, newest first: last.pt, then end-of-epoch ones from the newest."
-    c = [run.last] + list(reversed(run.epoch_checkpoints()))
+    "Checkpoints of `run` (then of its fallback folder): last.pt, end-of-epoch ones from the newest, best.pt."
+    c = []
+    for f in [run] + ([run.fallback] if run.fallback is not None else []):
+        c += [f.last] + list(reversed(f.epoch_checkpoints())) + [f.best]
     return [p for p in c if p.exists()]
 
+def _shown(run:RunFolder, p:Path) -> str:
+    return p.name if p.parent == run.checkpoints else str(p)
+
 def find_checkpoint(run:RunFolder, echo=None) -> tuple:
-    "(state, path) of the newest checkpoint of `run` that loads, or (None, None)."
-    for p in checkpoint_candidates(run):
+    "(state, path) of the checkpoint of `run` (or its fallback folder) that got furthest and loads, or (None, None)."
+    found = []
+    for i, p in enumerate(checkpoint_candidates(run)):
+        try: found.append((checkpoint_progress(p), -i, p))
+        except CheckpointError as e: run.log(f"warning: skipped checkpoint {_shown(run, p)}: {e}", echo)
+    for _, _, p in sorted(found, key=lambda f: f[:2], reverse=True):   # furthest first; on a tie, the earlier candidate
         try: return load_checkpoint(p), p
-        except CheckpointError as e: run.log(f"warning: skipped checkpoint {p.name}: {e}", echo)
+        except CheckpointError as e: run.log(f"warning: skipped checkpoint {_shown(run, p)}: {e}", echo)
     return None, None
 
 # %% ../nbs/30_checkpoint.ipynb #95e9542c
-def prune_epoch_checkpoints(run:RunFolder, keep:int=2) -> list:
-    "Delete end-of-epoch checkpoints older than the newest `keep`; return what was deleted."
-    old = run.epoch_checkpoints()[:-keep] if keep > 0 else run.epoch_checkpoints()
+def prune_epoch_checkpoints(run:RunFolder, keep:int=2, current:int|None=None) -> list:
+    "Delete end-of-epoch checkpoints but `current` and the newest loadable others (`keep` in all); return what was deleted."
+    files = list(reversed(run.epoch_checkpoints()))            # newest first
+    kept = [p for p in files if epoch_number(p) == current]
+    old = []
+    for p in files:
+        if p in kept: continue
+        if len(kept) < keep and loadable(p): kept.append(p)
+        else: old.append(p)
     for p in old: p.unlink(missing_ok=True)
     return old
+
+# %% ../nbs/30_checkpoint.ipynb #7c2e5d02
+COLAB_FALLBACK_DIR = "/content/har_colab_fallback"
+
+def fallback_folder(run_dir, fallback_dir:str|None=None) -> Path|None:
+    "The fallback folder of the run in `run_dir` under `fallback_dir` (None: local disk in Colab, none elsewhere; 'none': off)."
+    if fallback_dir is None: fallback_dir = COLAB_FALLBACK_DIR if in_colab() else None
+    if not fallback_dir or str(fallback_dir).lower() == "none": return None
+    root = Path(run_dir).expanduser().absolute()
+    return Path(fallback_dir).expanduser()/f"{root.name}-{hashlib.blake2b(str(root).encode(), digest_size=4).hexdigest()}"
+
+def _progress_or_none(p:Path):
+    try: return checkpoint_progress(p)
+    except CheckpointError: return None
+
+def _copy_file(src:Path, dst:Path) -> Path:
+    "Copy `src` to `dst` atomically."
+    with open(src, "rb") as f: return atomic_write(dst, lambda out: shutil.copyfileobj(f, out, 2**22))
+
+def _copy_back(fallback:RunFolder, run:RunFolder) -> list:
+    "Copy the checkpoints, metrics and curves of `fallback` that are newer into `run`, append its events, then empty it."
+    fault_oserror("HAR_COLAB_FAIL_SAVE", run.root)              # fault injection: the run folder still fails
+    done, copied = [], {}                                       # copied: source inode -> copy, to link instead of copying again
+    for src in sorted(fallback.checkpoints.glob("*.pt"), key=lambda p: p.name != "last.pt"):
+        new, dst = _progress_or_none(src), run.checkpoints/src.name
+        if new is not None and (not dst.exists() or (_progress_or_none(dst) or (-1,)) < new):
+            key = (src.stat().st_dev, src.stat().st_ino)
+            if key in copied: _link(copied[key], dst)
+            else: _copy_file(src, dst)
+            copied.setdefault(key, dst); done.append(f"checkpoints/{src.name}")
+    for name in ("metrics.csv", "curves.png"):
+        src = fallback.root/name
+        if src.exists(): _copy_file(src, run.root/name); done.append(name)
+    if fallback.events.exists():
+        lines = fallback.events.read_text(encoding="utf-8", errors="replace")
+        with open(run.events, "a", encoding="utf-8") as f: f.write(lines); f.flush()
+    for p in list(fallback.checkpoints.glob("*.pt")) + [fallback.root/"metrics.csv", fallback.root/"curves.png", fallback.events]:
+        p.unlink(missing_ok=True)
+    for d in (fallback.checkpoints, fallback.root):
+        try: d.rmdir()
+        except OSError: pass
+    return done
+
+# %% ../nbs/30_checkpoint.ipynb #3d9a4e02
+LOCK_HEARTBEAT_SECONDS = 30.0
+LOCK_STALE_SECONDS = 300.0
+
+def _boot_id() -> str:
+    try: return Path("/proc/sys/kernel/random/boot_id").read_text().strip()
+    except OSError: return ""
+
+def _proc_stat(pid:int) -> list|None:
+    "Fields of /proc/PID/stat after the command name (state first), or None."
+    try: return Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+    except (OSError, IndexError): return None
+
+def _alive(pid:int, start=None) -> bool:
+    "Is process `pid` (started at `start`, in clock ticks since boot) running on this host?"
+    try: os.kill(pid, 0)
+    except ProcessLookupError: return False
+    except PermissionError: pass
+    except (OverflowError, ValueError): return False
+    st = _proc_stat(pid)
+    if st is None: return True                                  # no /proc: trust the kill
+    if st[0] in ("Z", "X"): return False                        # killed, not yet reaped
+    return start is None or st[19] == str(start)                # the pid of another process now
+
+class RunLock:
+    "The lock file of a run folder: host, pid, token and a heartbeat; a stale one is taken over."
+    def __init__(self, root, stale_after:float=LOCK_STALE_SECONDS, heartbeat:float=LOCK_HEARTBEAT_SECONDS):
+        self.root = Path(root); self.path = self.root/"train.lock"
+        self.stale_after, self.interval, self.token = stale_after, heartbeat, secrets.token_hex(8)
+        self.held, self.lost, self.readonly, self.took_over = False, None, None, None
+        self._stop, self._thread = threading.Event(), None
+        st = _proc_stat(os.getpid())
+        self.me = {"host": socket.gethostname(), "boot_id": _boot_id(), "pid": os.getpid(),
+                   "pid_start": st[19] if st else None, "token": self.token, "since": time.time(),
+                   "command": " ".join(Path(sys.argv[0]).name if i == 0 else a for i, a in enumerate(sys.argv))[:300]}
+    def read(self) -> tuple:
+        "(lock info, raw bytes); info is None without a lock and {} when the file does not parse."
+        try: raw = self.path.read_bytes()
+        except FileNotFoundError: return None, None
+        except OSError: return {}, b""
+        try: info = json.loads(raw)
+        except ValueError: info = {}
+        return (info if isinstance(info, dict) else {}), raw
+    def _age(self, info:dict) -> float:
+        try: t = float(info["heartbeat"])
+        except (KeyError, TypeError, ValueError):
+            try: t = self.path.stat().st_mtime
+            except OSError: t = time.time()
+        return time.time() - t
+    def stale(self, info:dict) -> str|None:
+        "Why the holder in `info` is gone, or None while it may be alive."
+        age = self._age(info)
+        if not info: return f"an unreadable lock file untouched for {age/60:.0f} minutes" if age > self.stale_after else None
+        here = info.get("host") == self.me["host"] and info.get("boot_id", "") == self.me["boot_id"]
+        if here and isinstance(info.get("pid"), int) and not _alive(info["pid"], info.get("pid_start")):
+            return f"process {info['pid']} is gone"
+        if age > self.stale_after: return f"no heartbeat for {age/60:.0f} minutes"
+        return None
+    @staticmethod
+    def describe(info:dict) -> str:
+        "'process 123 on host x (heartbeat 4 s ago, running: har-colab train ...)'"
+        if not info: return "an unknown process (the lock file is being written or unreadable)"
+        try: age = f"heartbeat {time.time() - float(info['heartbeat']):.0f} s ago"
+        except (KeyError, TypeError, ValueError): age = "no heartbeat yet"
+        cmd = f", running: {info['command'][:80]}" if info.get("command") else ""
+        return f"process {info.get('pid')} on host {info.get('host')} ({age}{cmd})"
+    def _data(self) -> bytes: return (json.dumps({**self.me, "heartbeat": time.time()}, indent=1) + "\n").encode()
+    def _create(self) -> bool:
+        "Create the lock file with our data unless it exists (False then)."
+        data = self._data()
+        tmp = write_temp(self.path, lambda f: f.write(data), suffix=".new")
+        try:
+            os.chmod(tmp, 0o644)
+            try: os.link(tmp, self.path); return True
+            except FileExistsError: return False
+            except OSError as e:
+                if e.errno not in _NO_LINKS: raise
+            try: fd = os.open(self.path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o644)
+            except FileExistsError: return False
+            with os.fdopen(fd, "wb") as f: f.write(data); f.flush(); os.fsync(f.fileno())
+            return True
+        finally: tmp.unlink(missing_ok=True)
+    def _remove_stale(self, raw:bytes) -> bool:
+        "Remove the lock file if it still holds `raw` (the stale holder's); False when another process changed it first."
+        aside = self.path.with_name(f".train.lock.stale-{self.token}")
+        try: os.replace(self.path, aside)
+        except FileNotFoundError: return True
+        if aside.read_bytes() == raw: aside.unlink(missing_ok=True); return True
+        try: os.link(aside, self.path)                          # a fresh lock moved by mistake: put it back
+        except OSError: pass
+        aside.unlink(missing_ok=True); return False
+    def _refuse(self, info:dict):
+        raise RunFolderError(f"{self.root} is in use by {self.describe(info)}; wait for it to finish or stop it, or use "
+                             f"another --run-dir (if that process is gone for sure, delete {self.path})")
+    def acquire(self) -> RunLock:
+        "Take the lock (or refuse with `RunFolderError` naming its holder); on a folder that cannot be written, note why in `readonly`."
+        for _ in range(5):
+            try: created = self._create()
+            except OSError as e:                                # read-only (or absent) folder: the run may only read
+                info, _ = self.read()
+                if info is not None and self.stale(info) is None: self._refuse(info)
+                self.readonly = e; return self
+            if created:
+                self.held = True; self._start(); return self
+            info, raw = self.read()
+            if info is None: continue                           # released meanwhile
+            why = self.stale(info)
+            if why is None: self._refuse(info)
+            if self._remove_stale(raw): self.took_over = f"took over the run folder from {self.describe(info)}: {why}"
+        raise RunFolderError(f"could not lock {self.root}: other processes keep taking it; stop them, or use another --run-dir")
+    def _start(self):
+        self._stop.clear()
+        self._thread = threading.Thread(target=self._beat, name="har_colab-lock", daemon=True); self._thread.start()
+    def _beat(self):
+        "Refresh the heartbeat until released; notice when another process took the lock over."
+        while not self._stop.wait(self.interval): self.refresh()
+    def refresh(self):
+        "Write a new heartbeat (unless another process holds the lock now: then `lost` says who)."
+        info, _ = self.read()
+        if info and info.get("token") not in (None, self.token):
+            self.lost = self.describe(info); self._stop.set(); return
+        try: atomic_write(self.path, lambda f: f.write(self._data()))
+        except OSError: pass                                    # Drive hiccup: the next beat tries again
+    def check(self):
+        "Raise `RunFolderError` when another process took the folder over."
+        if self.lost: raise RunFolderError(f"{self.root} was taken over by {self.lost} while this process did not answer "
+                                           f"for {self.stale_after/60:.0f} minutes; this process stops without writing more")
+    def release(self):
+        "Stop the heartbeat and delete the lock file if it is still ours."
+        self._stop.set()
+        if self._thread is not None: self._thread.join(); self._thread = None
+        if self.held:
+            info, _ = self.read()
+            if info and info.get("token") == self.token:
+                try: self.path.unlink()
+                except OSError: pass
+        self.held = False
+    def __enter__(self): return self.acquire()
+    def __exit__(self, *exc): self.release()

@@ -16,7 +16,8 @@ from .core import ConfigError
 
 # %% auto #0
 __all__ = ['launched', 'is_distributed', 'rank', 'world_size', 'local_rank', 'is_main', 'init_distributed', 'cleanup', 'barrier',
-           'all_reduce_sum', 'stop_requests', 'shard', 'wrap_model', 'broadcast_buffers', 'worker_ignore_signals']
+           'all_reduce_sum', 'stop_requests', 'from_main', 'shard', 'wrap_model', 'broadcast_buffers',
+           'worker_ignore_signals']
 
 # %% ../nbs/70_distributed.ipynb #4bf59b86
 def launched() -> bool:
@@ -88,6 +89,13 @@ def stop_requests(reason:str|None) -> str|None:
     dist.all_gather_object(reasons, reason)
     r = next(i for i, x in enumerate(reasons) if x is not None)
     return reasons[r] if r == rank() else f"{reasons[r]} (process {r})"
+
+def from_main(obj):
+    "Process 0's `obj` in every process (e.g. why process 0 refused to start); `obj` itself in a single process."
+    if not is_distributed(): return obj
+    box = [obj if is_main() else None]
+    dist.broadcast_object_list(box, src=0)
+    return box[0]
 
 # %% ../nbs/70_distributed.ipynb #bec571bf
 def shard(n:int, part:int|None=None, parts:int|None=None) -> range:
