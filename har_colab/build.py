@@ -5,23 +5,27 @@
 # %% ../nbs/35_build.ipynb #b79240ca
 from __future__ import annotations
 
+import datetime as _dt
+import json
+import shutil
 from dataclasses import dataclass
 from pathlib import Path
 
 import torch
 from torch import nn
 
-from .core import DataError, HarError
+from .core import ConfigError, DataError, HarError, RunFolderError
+from .distributed import from_main, is_main
 from .datasets import Samples, load_samples, subset, train_val_split
 from .cache import ClipCache
 from .clips import ClipDataset
 from .models import create_model, get_spec
-from .checkpoint import RunFolder, load_checkpoint
-from .config import TrainConfig, config_from_dict
+from .checkpoint import RunFolder, RunLock, fallback_folder, find_checkpoint, load_checkpoint
+from .config import TrainConfig, config_diff, config_from_dict
 
 # %% auto #0
 __all__ = ['build_samples', 'samples_from_saved', 'build_model', 'build_cache', 'clip_dataset', 'SavedRun', 'checkpoint_path',
-           'load_run']
+           'load_run', 'RunStart', 'open_run']
 
 # %% ../nbs/35_build.ipynb #67fa4bc0
 def build_samples(cfg:TrainConfig) -> tuple:
@@ -32,17 +36,32 @@ def build_samples(cfg:TrainConfig) -> tuple:
         train = load_samples(cfg.format, cfg.data, cfg.splits, cfg.split, "train")
         val = load_samples(cfg.format, cfg.data, cfg.splits, cfg.split, "test")
     if cfg.subset < 1: train = subset(train, cfg.subset, cfg.seed)
-    if val is not None and len(val) == 0:
-        raise DataError("the validation set is empty; raise --val-fraction or add videos")
+    if val is not None and len(val) == 0: raise DataError(_empty_val(cfg, train))
     return train, val
 
-def samples_from_saved(d:dict, data_root) -> tuple:
+def _empty_val(cfg:TrainConfig, train:Samples) -> str:
+    "Why the validation set is empty, and the fix that can help."
+    if cfg.format != "folder":
+        return f"the {cfg.format} test split {cfg.split} has no video; check the split files (--splits) and --split"
+    if cfg.val_fraction == 0: return "the validation set is empty (val_fraction=0); use --val-fraction 0.2"
+    return ("the validation set is empty: every class has a single video (or source recording), which training keeps, "
+            "so --val-fraction cannot help; add videos (at least 2 per class)")
+
+def samples_from_saved(d:dict, data_root,
+                       missing_ok:bool=False,  # drop videos deleted since (`--force-resume`) instead of refusing
+                       log=None) -> tuple:     # told what was dropped
     "(train, val) rebuilt from a saved `{'train':..., 'val':...}` against the current data root."
     tr, va = Samples.from_dict(d["train"], data_root), Samples.from_dict(d["val"], data_root)
     missing = [p for p in tr.paths + va.paths if not Path(p).exists()]
+    if missing and not missing_ok:
+        raise DataError(f"{len(missing)} videos of this run are missing under {data_root} (e.g. {missing[0]}); point --data "
+                        "at the same dataset the run started with, or add --force-resume to continue without them")
     if missing:
-        raise DataError(f"{len(missing)} videos of this run are missing under {data_root} (e.g. {missing[0]}); "
-                        "point --data at the same dataset the run started with")
+        gone = set(missing)
+        tr, va = (s.select(i for i, p in enumerate(s.paths) if p not in gone) for s in (tr, va))
+        if log is not None: log(f"resuming without {len(missing)} videos deleted since the run started (--force-resume), "
+                                f"e.g. {missing[0]}; {len(tr)} train / {len(va)} val videos remain")
+        if not len(va): raise DataError(f"every validation video of this run is missing under {data_root}; point --data at the dataset the run started with")
     return tr, va
 
 # %% ../nbs/35_build.ipynb #1efa71d0
@@ -104,3 +123,127 @@ def load_run(run_dir, checkpoint:str="best", data=None) -> SavedRun:
     if data: cfg.data = str(data)
     train, val = samples_from_saved(state["samples"], cfg.data)
     return SavedRun(path, state, cfg, train, val)
+
+# %% ../nbs/35_build.ipynb #4f0b6a02
+def _has_history(run:RunFolder) -> int:
+    "Epochs in `run`'s metrics.csv (1 when it exists but does not parse: a history all the same)."
+    try: lines = [l for l in run.metrics.read_bytes().splitlines() if l.strip()]
+    except FileNotFoundError: return 0
+    except OSError: return 1
+    return len(lines) - 1 if lines else 0
+
+def _move_aside(run:RunFolder) -> Path|None:
+    "Move a run folder's files (and its fallback folder) to `RUN-old-<date>` beside it; None when there is nothing."
+    entries = [p for p in run.root.iterdir() if p.name != "train.lock" and not p.name.startswith(".train.lock")]
+    if not entries: return None
+    old = run.root.with_name(f"{run.root.name}-old-{_dt.datetime.now().strftime('%Y%m%d-%H%M%S')}")
+    old.mkdir()
+    for p in entries: shutil.move(str(p), str(old/p.name))
+    fb = run.fallback.root if run.fallback is not None else None
+    if fb is not None and fb.exists(): shutil.move(str(fb), str(fb.with_name(f"{fb.name}-old-{old.name.rsplit('-old-', 1)[1]}")))
+    return old
+
+def _new_classes(cfg:TrainConfig, class_names:list, run:RunFolder) -> str|None:
+    "A note when class folders were added to a folder dataset since the run started (None when none, or said before)."
+    if cfg.format != "folder": return None
+    try: now = sorted(p.name for p in Path(cfg.data).expanduser().iterdir() if p.is_dir() and not p.name.startswith("."))
+    except OSError: return None
+    new = [c for c in now if c not in class_names]
+    if not new: return None
+    msg = (f"class folders added since the run started are not used: {', '.join(new[:5])}" + (" ..." if len(new) > 5 else "") +
+           f"; the model has {len(class_names)} classes. To train on them, start a new --run-dir")
+    try: said = msg in run.events.read_text(encoding="utf-8", errors="replace")
+    except OSError: said = False
+    return None if said else msg
+
+@dataclass
+class RunStart:
+    "What `open_run` found: the run folder (locked), the checkpoint to resume from (or None) and the run's videos."
+    run: RunFolder
+    lock: RunLock|None    # held by process 0
+    state: dict|None      # the checkpoint, or None for a new run
+    path: Path|None       # its file (in the run folder or its fallback folder)
+    train: Samples
+    val: Samples
+    created: bool = False # the run folder did not exist: removed again when the start is refused
+    committed: bool = False
+    def commit(self, cfg:TrainConfig, samples:dict, message:str, echo=print):
+        "The start checks passed: write config.json, samples.json, the held log and `message` (process 0)."
+        run = self.run
+        if not is_main(): return
+        if self.lock is None or self.lock.readonly is not None:
+            e = getattr(self.lock, "readonly", None)
+            raise RunFolderError(f"cannot write to the run folder {run.root} ({getattr(e, 'strerror', None) or e}); training "
+                                 "writes its checkpoints there: make it writable (in Colab: mount Drive again) or use another --run-dir")
+        run.mkdir(); self.committed = True
+        if self.path is not None and run.fallback is not None and self.path.is_relative_to(run.fallback.root):
+            run.degraded = True                           # the newest checkpoint is only in the fallback folder
+            run.release_log()
+            if not run.copy_back():
+                run.fallback.log(f"WARNING: resumed from the fallback folder {run.fallback.root}, and the run folder {run.root} "
+                                 "does not answer yet: checkpoints keep going to the fallback folder, and every save tries "
+                                 "the run folder again", echo)
+        for path, obj in ((run.samples, samples), (run.config, cfg.to_dict())):
+            run.write_bytes(path, (json.dumps(obj, indent=2, sort_keys=True, default=str) + "\n").encode())
+        run.release_log()
+        run.log(message, echo)
+    def close(self):
+        "Release the lock; remove the run folder again when this start created it and wrote nothing."
+        if self.lock is not None: self.lock.release()
+        if self.created and not self.committed:
+            for d in (self.run.checkpoints, self.run.root):
+                try: d.rmdir()
+                except OSError: pass
+
+def _take_folder(run:RunFolder, cfg:TrainConfig, echo) -> tuple:
+    "(lock, created): the run folder exists and this process holds its lock (or knows it cannot write there)."
+    if run.root.exists() and not run.root.is_dir():
+        raise RunFolderError(f"--run-dir {run.root} is a file, not a folder; give the run's folder (or a new one)")
+    created = not run.root.exists()
+    try: run.root.mkdir(parents=True, exist_ok=True)
+    except OSError as e:
+        raise RunFolderError(f"cannot create the run folder {run.root} ({e.strerror or e}); use a --run-dir you can write to") from None
+    lock = RunLock(run.root).acquire()
+    run.lock = lock
+    if lock.took_over: run.log(lock.took_over, echo)
+    if cfg.restart:
+        if lock.readonly is not None:
+            lock.release(); raise RunFolderError(f"--restart cannot move the files of {run.root} aside: {lock.readonly.strerror or lock.readonly}")
+        old = _move_aside(run)
+        if old is not None: run.log(f"restarted: the previous run's files moved to {old}", echo)
+    return lock, created
+
+def open_run(cfg:TrainConfig, echo=print) -> RunStart:
+    "Lock the run folder of `cfg` and find what to resume and which videos to train on; writes nothing (see `RunStart.commit`)."
+    run = RunFolder(cfg.run_dir, fallback_folder(cfg.run_dir, cfg.fallback_dir), echo).hold_log()
+    lock, created, refused = None, False, None
+    if is_main():
+        try: lock, created = _take_folder(run, cfg, echo)
+        except HarError as e: refused = e
+    else: run.log = lambda message, echo=None: None    # only process 0 writes the run folder
+    why = from_main(None if refused is None else str(refused))
+    if refused is not None: raise refused
+    if why is not None: raise RunFolderError(why)
+    start = RunStart(run, lock, None, None, None, None, created)
+    try:
+        state, path = find_checkpoint(run, echo)
+        epochs = _has_history(run)
+        if state is None and epochs:
+            raise RunFolderError(f"{run.root} has a training history (metrics.csv, {epochs} epochs) but no checkpoint that "
+                                 "loads (checkpoints/ is missing or damaged); use a new --run-dir, or add --restart to start "
+                                 f"over here (the old files move to {run.root.name}-old-<date>)")
+        if state is not None:
+            diff = config_diff(state["config"], cfg.to_dict())
+            if diff and not cfg.force_resume:
+                shown = ", ".join(f"{k}: {state['config'].get(k)!r} -> {cfg.to_dict().get(k)!r}" for k in diff[:4])
+                raise ConfigError(f"{run.root} holds a run with other settings ({shown}); use a new --run-dir to start "
+                                  "a new run, or --force-resume to continue anyway")
+            if diff: run.log(f"resuming despite changed settings: {', '.join(diff)}", echo)
+            train, val = samples_from_saved(state["samples"], cfg.data, cfg.force_resume, lambda m: run.log(m, echo))
+            note = _new_classes(cfg, list(state["class_names"]), run)
+            if note: run.log(note, echo)
+        else: train, val = build_samples(cfg)
+    except BaseException:
+        start.close(); raise
+    start.state, start.path, start.train, start.val = state, path, train, val
+    return start

@@ -12,8 +12,8 @@ import signal
 import threading
 import time
 
-from .core import atomic_write, atomic_write_text
-from .checkpoint import CheckpointWriter, link_or_copy, prune_epoch_checkpoints
+from .core import fault_pause
+from .checkpoint import CheckpointWriter, prune_epoch_checkpoints
 from .plots import METRIC_COLUMNS, plot_curves
 from .events import Callback
 from .config import TrainConfig
@@ -63,7 +63,7 @@ def metrics_csv(history:list) -> str:
 class MetricsCallback(Callback):
     "Writes `RUN/metrics.csv` after every epoch."
     order, main_process_only = 20, True
-    def after_validate(self, t): atomic_write_text(t.run.metrics, metrics_csv(t.history))
+    def after_validate(self, t): t.run.write_bytes(t.run.metrics, metrics_csv(t.history).encode("utf-8"))
 
 # %% ../nbs/41_callbacks.ipynb #163fac17
 class CheckpointCallback(Callback):
@@ -73,31 +73,40 @@ class CheckpointCallback(Callback):
         self.every, self.keep, self.last_save = every_minutes * 60, keep, time.time()
         self.writer = CheckpointWriter(background=background)
     def before_fit(self, t): self.last_save = time.time()
-    def _save(self, t, path, what, then=None):
+    def before_epoch(self, t):
+        if os.environ.get("HAR_COLAB_PAUSE_BEFORE_EPOCH"):                # fault injection (tests) only
+            self.writer.wait(); fault_pause("HAR_COLAB_PAUSE_BEFORE_EPOCH", t.epoch + 1)
+    def _save(self, t, path, what, then=None, **kw):
         run = t.run
-        def done():                                       # in the background, once the file is on disk under its name
+        def done(folder):                                 # in the background, once the files are on disk under their names
             if hasattr(os, "sync"): os.sync()             # Colab: asks Drive's client to upload it
-            run.log(f"saved {path.relative_to(run.root)} ({what})")
-            if then is not None: then()
-        self.writer.save(t.state_dict(), path, done)
+            where = "" if folder is run else f" in the fallback folder {folder.root}"
+            run.log(f"saved {path.relative_to(run.root)} ({what}){where}")
+            if then is not None: then(folder)
+        self.writer.save(t.state_dict(), path, done, run=run, **kw)
         self.last_save = time.time()
     def after_step(self, t):
+        if self.writer.failed: self.writer.wait()         # a save that failed in the background stops training now
         # a mid-epoch save while the previous one is still being flushed (slow Drive) waits for the next step
         if time.time() - self.last_save >= self.every and t.step_in_epoch < t.steps_per_epoch and not self.writer.busy:
             self._save(t, t.run.last, f"epoch {t.epoch + 1} step {t.step_in_epoch}/{t.steps_per_epoch}")
     def after_epoch(self, t):
-        p, run, keep = t.run.epoch_checkpoint(t.epoch), t.run, self.keep
+        n, run, keep = t.epoch, t.run, self.keep
         best = t.best_val_acc if getattr(t, "improved", False) else None
-        def then():
-            link_or_copy(p, run.last)
-            if best is not None: link_or_copy(p, run.best); run.log(f"best val_acc {100*best:.2f}% -> checkpoints/best.pt")
-            prune_epoch_checkpoints(run, keep)
-        self._save(t, p, f"end of epoch {t.epoch}", then)
+        def then(folder):
+            if best is not None: run.log(f"best val_acc {100*best:.2f}% -> checkpoints/best.pt")
+            prune_epoch_checkpoints(folder, keep, current=n)
+        self._save(t, run.epoch_checkpoint(n), f"end of epoch {n}", then, links=[run.last], copies=[run.best] if best is not None else [])
     def on_stop(self, t):
         self._save(t, t.run.last, f"stopped at epoch {t.epoch + 1} step {t.step_in_epoch}/{t.steps_per_epoch}")
         self.writer.wait()
         t.run.log(f"stopped because {t.stop_reason}; re-run the same command to resume", t.echo)
-    def after_fit(self, t): self.writer.wait()     # the last checkpoint is on disk before fit returns
+    def after_fit(self, t):
+        self.writer.wait()                                # the last checkpoint is on disk before fit returns
+        run = t.run
+        if run.degraded and not run.copy_back():
+            run.log(f"WARNING: the newest checkpoint is only in {run.fallback.root}: the run folder {run.root} did not answer. "
+                    "Re-run the same command on this machine when it does: it resumes from there and copies it back", t.echo)
 
 # %% ../nbs/41_callbacks.ipynb #0e8857d0
 def in_notebook() -> bool:
@@ -114,11 +123,13 @@ class PlotCallback(Callback):
     def __init__(self, live:bool|None=None): self.live, self.handle = live, None
     def _draw(self, t):
         chance = 1 / t.num_classes
-        fig = plot_curves(t.history, t.run.curves, title=f"{t.cfg.model} - {t.run.root.name}", chance=chance)
+        fig = plot_curves(t.history, title=f"{t.cfg.model} - {t.run.root.name}", chance=chance)
+        png = io.BytesIO(); fig.savefig(png, format="png")
+        t.run.write_bytes(t.run.curves, png.getvalue())
         if self.live is None: self.live = in_notebook()
         if self.live:  # a PNG of its own: no dependence on matplotlib's notebook backend, same in Colab and Jupyter
             from IPython.display import Image, display
-            img = Image(data=t.run.curves.read_bytes(), format="png")
+            img = Image(data=png.getvalue(), format="png")
             if self.handle is None: self.handle = display(img, display_id=True)
             else: self.handle.update(img)
     def before_fit(self, t):

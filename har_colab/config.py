@@ -12,7 +12,7 @@ from .core import ConfigError
 from .models import get_spec
 
 # %% auto #0
-__all__ = ['MAY_CHANGE_ON_RESUME', 'TrainConfig', 'resolve_config', 'config_diff', 'config_from_dict']
+__all__ = ['MAY_CHANGE_ON_RESUME', 'TrainConfig', 'resolve_config', 'config_diff', 'config_from_dict', 'check_batch_size']
 
 # %% ../nbs/31_config.ipynb #6a649bf4
 def _f(default, help, **kw): return field(default=default, metadata={"help": help, **kw})
@@ -61,7 +61,9 @@ class TrainConfig:
     save_every_minutes: float = _f(5.0, "mid-epoch checkpoint interval")
     time_budget_minutes: float = _f(None, "stop cleanly (with a checkpoint) after this many minutes")
     keep: int = _f(2, "end-of-epoch checkpoints to keep (besides last.pt and best.pt)")
-    force_resume: bool = _f(False, "resume even when result-changing settings differ from the checkpoint's")
+    force_resume: bool = _f(False, "resume even when result-changing settings differ from the checkpoint's, or without videos deleted since")
+    restart: bool = _f(False, "start over in a run folder that holds a run; its files move to RUN-old-<date> (drop the flag afterwards: each run with it starts over)")
+    fallback_dir: str = _f(None, "where checkpoints go while the run folder cannot be written (Drive full or gone); default: /content/har_colab_fallback in Colab, else none")
     progress: bool = _f(True, "progress bars")
     plot: bool = _f(True, "live curves in notebooks and curves.png")
     max_steps_per_epoch: int = _f(None, "cap optimizer steps per epoch (quick trials)")
@@ -71,7 +73,7 @@ class TrainConfig:
 # %% ../nbs/31_config.ipynb #15ac078b
 MAY_CHANGE_ON_RESUME = {"run_dir", "data", "splits", "weights_dir", "epochs", "workers", "device", "backend", "strict", "cache",
                         "cache_dir", "cache_max_gb",
-                        "save_every_minutes", "time_budget_minutes", "keep", "force_resume", "progress", "plot"}
+                        "save_every_minutes", "time_budget_minutes", "keep", "force_resume", "restart", "fallback_dir", "progress", "plot"}
 
 def resolve_config(cfg:TrainConfig) -> TrainConfig:
     "Fill the spec's defaults (lr, optimizer, frames) and check every value; `ConfigError` names the bad one."
@@ -111,3 +113,8 @@ def config_from_dict(d:dict) -> TrainConfig:
     "The `TrainConfig` saved in a checkpoint or `config.json` (keys this version does not know are ignored)."
     names = {f.name for f in dataclasses.fields(TrainConfig)}
     return TrainConfig(**{k: v for k, v in d.items() if k in names})
+
+def check_batch_size(cfg:TrainConfig, n_train:int):
+    "`ConfigError` when `cfg.batch_size` is larger than the `n_train` training videos (`fit` refuses; the doctor says so)."
+    if n_train < cfg.batch_size:
+        raise ConfigError(f"batch_size={cfg.batch_size} is larger than the {n_train} training videos; use --batch-size {max(1, n_train // 2)}")

@@ -25,8 +25,9 @@ from .events import EVENTS, Callback, StopTraining
 from .clips import ClipDataset
 from .models import check_input, count_parameters, get_spec
 from .checkpoint import FORMAT_VERSION, RunFolder, find_checkpoint, get_rng_state, set_rng_state
-from .config import MAY_CHANGE_ON_RESUME, TrainConfig, config_diff, resolve_config
-from .build import build_cache, build_model, build_samples, clip_dataset, load_run, samples_from_saved
+from .config import MAY_CHANGE_ON_RESUME, TrainConfig, check_batch_size, config_diff, resolve_config
+from .build import (RunStart, build_cache, build_model, build_samples, clip_dataset, load_run, open_run,
+                             samples_from_saved)
 from .distributed import (all_reduce_sum, barrier, broadcast_buffers, init_distributed, is_distributed, is_main, rank,
                                    shard, stop_requests, worker_ignore_signals, world_size, wrap_model)
 from .callbacks import default_callbacks
@@ -139,8 +140,7 @@ class Trainer:
                               f"accumulate {cfg.accumulate}; use --batch-size {fix} (a multiple of {k})")
         self.micro = cfg.batch_size // (W * cfg.accumulate)      # clips per forward pass in each process
         n = len(train_ds)
-        if n < cfg.batch_size:
-            raise ConfigError(f"batch_size={cfg.batch_size} is larger than the {n} training videos; use --batch-size {max(1, n // 2)}")
+        check_batch_size(cfg, n)
         self.steps_per_epoch = n // cfg.batch_size
         if cfg.max_steps_per_epoch: self.steps_per_epoch = min(self.steps_per_epoch, cfg.max_steps_per_epoch)
         self.total_steps = self.steps_per_epoch * cfg.epochs
@@ -361,24 +361,15 @@ def fit(config:TrainConfig, callbacks=None, echo=print) -> FitResult:
     "Train (or resume) the run described by `config`."
     cfg = resolve_config(config)
     device = resolve_device(init_distributed(cfg.device))   # under torchrun: join the job, one GPU per process
-    run = RunFolder(cfg.run_dir).mkdir()
-    if not is_main():                                       # only process 0 writes the run folder and prints
-        echo = lambda *a, **k: None
-        run.log = lambda message, echo=None: None
-    state, path = find_checkpoint(run, echo)
-    if state is not None:
-        diff = config_diff(state["config"], cfg.to_dict())
-        if diff and not cfg.force_resume:
-            shown = ", ".join(f"{k}: {state['config'].get(k)!r} -> {cfg.to_dict().get(k)!r}" for k in diff[:4])
-            raise ConfigError(f"{run.root} holds a run with other settings ({shown}); use a new --run-dir to start "
-                              "a new run, or --force-resume to continue anyway")
-        if diff: run.log(f"resuming despite changed settings: {', '.join(diff)}", echo)
-        train_s, val_s = samples_from_saved(state["samples"], cfg.data)
-    else:
-        train_s, val_s = build_samples(cfg)
+    if not is_main(): echo = lambda *a, **k: None          # only process 0 writes the run folder and prints
+    start = open_run(cfg, echo)                             # the run folder, locked; nothing written yet
+    try: return _fit_run(cfg, start, device, callbacks, echo)
+    finally: start.close()                                  # the lock goes when fit ends or fails
+
+def _fit_run(cfg:TrainConfig, start:RunStart, device, callbacks, echo) -> FitResult:
+    "`fit` in the run folder `open_run` opened: build, check, then `start.commit` and train."
+    run, state, path, train_s, val_s = start.run, start.state, start.path, start.train, start.val
     samples = {"train": train_s.to_dict(), "val": val_s.to_dict()}
-    if is_main() and not run.samples.exists(): atomic_write_json(run.samples, samples)
-    if is_main(): atomic_write_json(run.config, cfg.to_dict())
     seed_everything(cfg.seed)
     model = build_model(cfg, train_s.num_classes, pretrained=cfg.pretrained and state is None)
     model.to(device)
@@ -395,12 +386,14 @@ def fit(config:TrainConfig, callbacks=None, echo=print) -> FitResult:
             msg = f"{run.root} already trained {trainer.epoch}/{cfg.epochs} epochs; raise --epochs to train more"
             echo(msg)
             return FitResult("already done", msg, trainer.history, run.root, trainer)
-        run.log(f"resumed from {path.name} at epoch {trainer.epoch + 1}, step {trainer.step_in_epoch}/{trainer.steps_per_epoch}", echo)
+        where = path.name if path.parent == run.checkpoints else str(path)
+        message = f"resumed from {where} at epoch {trainer.epoch + 1}, step {trainer.step_in_epoch}/{trainer.steps_per_epoch}"
     else:
         tr, fr = count_parameters(model)
-        run.log(f"started {cfg.model} on {len(train_s)} train / {len(val_s)} val videos, {train_s.num_classes} classes, "
-                f"{tr:,} trainable / {fr:,} frozen parameters, device {device}"
-                + (f", {world_size()} processes (DDP)" if is_distributed() else ""), echo)
+        message = (f"started {cfg.model} on {len(train_s)} train / {len(val_s)} val videos, {train_s.num_classes} classes, "
+                   f"{tr:,} trainable / {fr:,} frozen parameters, device {device}"
+                   + (f", {world_size()} processes (DDP)" if is_distributed() else ""))
+    start.commit(cfg, samples, message, echo)               # every start check passed: the run folder is written from here
     status = trainer.fit()
     warnings = [w for cb in trainer.callbacks for w in getattr(cb, "warnings", [])]
     bad = sorted({l.split("skipped bad video ", 1)[1].split(":")[0] for l in run.events.read_text().splitlines()
