@@ -10,8 +10,6 @@ import dataclasses
 import sys
 from pathlib import Path
 
-from .core import HarError
-
 # %% auto #0
 __all__ = ['COMMANDS', 'build_parser', 'cmd_synth', 'demo_config', 'cmd_demo', 'cmd_train', 'cmd_plot', 'cmd_prepare',
            'cmd_models', 'cmd_inspect', 'cmd_eval', 'cmd_doctor', 'main']
@@ -89,6 +87,7 @@ def _parse_size(s:str) -> tuple:
         w, h = (int(v) for v in s.lower().split("x"))
         return w, h
     except ValueError:
+        from har_colab.core import HarError
         raise HarError(f"--size {s!r}; use WxH, e.g. 64x64") from None
 
 def cmd_synth(a) -> int:
@@ -137,11 +136,16 @@ def cmd_train(a) -> int:
     return _run_fit(cfg)
 
 def cmd_plot(a) -> int:
+    from har_colab.core import HarError
     from har_colab.checkpoint import RunFolder
     from har_colab.plots import plot_curves, read_metrics
     run = RunFolder(a.run_dir)
-    if not run.metrics.exists(): raise HarError(f"no metrics.csv in {run.root}; train first (har-colab train --run-dir {run.root} ...)")
-    plot_curves(read_metrics(run.metrics), run.curves, title=run.root.name)
+    if not run.metrics.is_file(): raise HarError(f"no metrics.csv in {run.root}; train first (har-colab train --run-dir {run.root} ...)")
+    history = read_metrics(run.metrics)
+    if not history:                                   # an empty plot would replace good curves
+        raise HarError(f"{run.metrics} has no epochs yet, so there is nothing to draw ({run.curves.name} is left as it is); "
+                       "plot again after the first epoch")
+    plot_curves(history, run.curves, title=run.root.name)
     print(f"wrote {run.curves}")
     return 0
 
@@ -177,15 +181,20 @@ def cmd_doctor(a) -> int:
 COMMANDS = {"demo": cmd_demo, "synth": cmd_synth, "train": cmd_train, "plot": cmd_plot, "eval": cmd_eval,
             "prepare": cmd_prepare, "models": cmd_models, "inspect": cmd_inspect, "doctor": cmd_doctor}
 
-def main(argv=None) -> int:
-    "Entry point of `har-colab`; returns the exit code (0 done, 2 bad input, 3 stopped early)."
+def _run_command(argv) -> int:
+    from har_colab.core import HarError                 # imports torch: the seconds a Ctrl-C most often lands in
     args = build_parser().parse_args(argv)
-    try: code = COMMANDS[args.command](args)
+    try: return COMMANDS[args.command](args)
     except HarError as e:
         print(f"har-colab {args.command}: error: {e}", file=sys.stderr)
-        code = e.exit_code
-    except KeyboardInterrupt:
-        print(f"har-colab {args.command}: interrupted", file=sys.stderr); code = 3
+        return e.exit_code
+
+def main(argv=None) -> int:
+    "Entry point of `har-colab`; returns the exit code (0 done, 2 bad input, 3 stopped early)."
+    try: code = _run_command(argv)
+    except KeyboardInterrupt:                           # Ctrl-C while importing, starting or stopping: one line
+        words = [a for a in (sys.argv[1:] if argv is None else argv) if not str(a).startswith("-")][:1]
+        print(f"har-colab {' '.join(words) or ''}: interrupted".replace(" :", ":"), file=sys.stderr); code = 3
     if __name__ == "__main__" or argv is None: sys.exit(code)
     return code
 

@@ -18,21 +18,21 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from .core import HarError, resolve_device, seed_everything
+from .core import ConfigError, HarError, resolve_device, seed_everything
 from .datasets import Samples
 from .clips import ClipDataset
 from .models import count_parameters, create_model, get_spec
 from .events import Callback
-from .config import TrainConfig, resolve_config
+from .config import TrainConfig, check_batch_size, resolve_config
 from .build import build_model, build_samples, clip_dataset
 
 # %% auto #0
-__all__ = ['STATUSES', 'CAUSE_ORDER', 'SECTIONS', 'Finding', 'DoctorReport', 'check_class_counts', 'file_fingerprint',
-           'check_leakage', 'check_labels', 'read_clips', 'check_decoding', 'motion_descriptor', 'knn_agreement',
-           'check_label_consistency', 'as_bcthw', 'check_layout', 'check_input_stats', 'check_temporal',
-           'save_clip_grid', 'check_parameters', 'check_initial_loss', 'check_gradients', 'make_doctor_optimizer',
-           'LRRangeResult', 'lr_range_test', 'check_lr', 'plot_lr_range', 'overfit_batch', 'check_overfit',
-           'history_findings', 'read_history', 'DoctorCallback', 'doctor']
+__all__ = ['STATUSES', 'CAUSE_ORDER', 'SECTIONS', 'Finding', 'DoctorReport', 'check_class_counts', 'check_training_setup',
+           'file_fingerprint', 'check_leakage', 'check_labels', 'read_clips', 'check_decoding', 'motion_descriptor',
+           'knn_agreement', 'check_label_consistency', 'as_bcthw', 'check_layout', 'check_input_stats',
+           'check_temporal', 'save_clip_grid', 'check_parameters', 'check_initial_loss', 'check_gradients',
+           'make_doctor_optimizer', 'LRRangeResult', 'lr_range_test', 'check_lr', 'plot_lr_range', 'overfit_batch',
+           'check_overfit', 'history_findings', 'read_history', 'DoctorCallback', 'doctor']
 
 # %% ../nbs/60_doctor.ipynb #0df32a70
 STATUSES = ("pass", "warn", "fail")
@@ -91,7 +91,8 @@ class DoctorReport:
                 f"<th>advice</th></tr>{rows}</table>" + (f"<ul>{extra}</ul>" if extra else ""))
 
 # %% ../nbs/60_doctor.ipynb #c0e083b4
-def check_class_counts(train:Samples, val:Samples|None=None, imbalance:float=5.0) -> Finding:
+def check_class_counts(train:Samples, val:Samples|None=None, imbalance:float=5.0,
+                       format:str="folder") -> Finding:  # the dataset format: where validation videos come from
     "Videos per class in train (and val): empty or single-video classes, heavy imbalance."
     tc = train.counts(); vc = val.counts() if val is not None else None
     names = list(train.class_names)
@@ -105,13 +106,24 @@ def check_class_counts(train:Samples, val:Samples|None=None, imbalance:float=5.0
                        "add videos or raise --subset; one video per class cannot teach what the class looks like", "data")
     noval = [names[i] for i, n in enumerate(vc or []) if n == 0]
     if vc is not None and noval:
-        return Finding("class counts", "warn", ev + f"; no validation video for: {', '.join(noval[:5])}",
-                       "raise --val-fraction or add videos so every class is validated", "data")
+        fix = ("add videos to these classes: a class is validated only when it has 2 or more (from different source "
+               "recordings), so --val-fraction cannot help" if format == "folder" else
+               f"the official {format} test split has no video of these classes: check the split files (--splits, --split)")
+        return Finding("class counts", "warn", ev + f"; no validation video for: {', '.join(noval[:5])}", fix, "data")
     if max(tc) > imbalance * min(tc):
         big, small = names[tc.index(max(tc))], names[tc.index(min(tc))]
         return Finding("class counts", "warn", ev + f"; imbalance {max(tc)/min(tc):.1f}x ({big} {max(tc)} vs {small} {min(tc)})",
                        "balance the classes (subset the large ones, or weight the loss); watch per-class accuracy", "data")
     return Finding("class counts", "pass", ev, section="data")
+
+def check_training_setup(cfg:TrainConfig, train:Samples) -> Finding:
+    "What `fit` refuses before it trains (a batch larger than the training videos) is a failure here too."
+    try: check_batch_size(cfg, len(train))
+    except ConfigError as e:
+        msg = str(e)
+        return Finding("training setup", "fail", msg.split(";")[0], msg.split("; ", 1)[-1] + " (train refuses this setup)", "data")
+    return Finding("training setup", "pass", f"batch {cfg.batch_size} of {len(train)} training videos: "
+                   f"{len(train) // cfg.batch_size} steps per epoch", section="data")
 
 # %% ../nbs/60_doctor.ipynb #40ff04a7
 def file_fingerprint(path, chunk:int=1 << 20) -> str:
@@ -586,7 +598,8 @@ def doctor(config:TrainConfig, run_dir=None, checks=None, *, samples_override=No
 
     if "data" in sections:
         say("doctor: data")
-        findings.append(check_class_counts(train, val))
+        findings.append(check_class_counts(train, val, format=cfg.format))
+        findings.append(check_training_setup(cfg, train))
         findings.append(check_labels(train, val, head_size))
         both = Samples(list(train.paths) + list(val.paths), list(train.labels) + list(val.labels), list(train.class_names))
         clips, errors = read_clips(both, spec, cfg.frames, cfg.backend, max_videos, cfg.seed)
