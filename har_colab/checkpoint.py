@@ -11,7 +11,6 @@ import pickle
 import random
 import re
 import shutil
-import signal
 import threading
 import time
 import warnings
@@ -20,7 +19,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from .core import CheckpointError, commit_temp, fault_injected, log_event, write_temp
+from .core import CheckpointError, commit_temp, fault_injected, kill_self, log_event, write_temp
 
 # %% auto #0
 __all__ = ['FORMAT_VERSION', 'REQUIRED_KEYS', 'RunFolder', 'get_rng_state', 'set_rng_state', 'serialize', 'tensor_bytes',
@@ -77,7 +76,7 @@ def _write_temp(data, path:Path, kill:bool=False) -> Path:
     def write(f):
         if kill:                                   # fault injection: half of the checkpoint reaches the disk, then the process dies
             b = data if isinstance(data, memoryview) else serialize(data)
-            f.write(b[: len(b) // 2]); f.flush(); os.fsync(f.fileno()); os.kill(os.getpid(), signal.SIGKILL)
+            f.write(b[: len(b) // 2]); f.flush(); os.fsync(f.fileno()); kill_self()
         if isinstance(data, memoryview): f.write(data)
         else: torch.save(data, f)
     return write_temp(path, write, suffix=".partial")
@@ -112,13 +111,15 @@ class CheckpointWriter:
     def save(self, state:dict, path, then=None):
         "Serialise `state` now; write it to `path` (then call `then()`) in the background."
         self.wait()                                       # the previous save first (and its error, if any)
-        path = Path(path); _check_state(state); kill = fault_injected("HAR_COLAB_KILL_DURING_SAVE")
+        path = Path(path); _check_state(state)
+        kill, kill_after = fault_injected("HAR_COLAB_KILL_DURING_SAVE"), fault_injected("HAR_COLAB_KILL_AFTER_SAVE")
         if self.background and tensor_bytes(state) <= self.max_buffer: data = serialize(state)
         else: data = _retrying(lambda: _write_temp(state, path, kill), path, self.retries, self.wait_s)  # larger: to disk now
         def finish():
             tmp = data if isinstance(data, Path) else _retrying(lambda: _write_temp(data, path, kill), path, self.retries, self.wait_s)
             _retrying(lambda: commit_temp(tmp, path), path, self.retries, self.wait_s, cleanup=lambda: tmp.unlink(missing_ok=True))
             if then is not None: then()
+            if kill_after: kill_self()                # fault injection: the process dies right after this save
         if not self.background: return finish()
         def run():
             try: finish()

@@ -10,7 +10,8 @@ import hashlib
 import json
 import os
 import random
-import tempfile
+import secrets
+import signal
 from pathlib import Path
 
 import numpy as np
@@ -19,7 +20,8 @@ import torch
 # %% auto #0
 __all__ = ['VML_OPS', 'HarError', 'ConfigError', 'DataError', 'CheckpointError', 'ShapeError', 'seed_everything', 'derive_seed',
            'torch_generator', 'warm_up_cpu_math', 'resolve_device', 'amp_dtype', 'fsync_dir', 'write_temp',
-           'commit_temp', 'atomic_write', 'atomic_write_text', 'atomic_write_json', 'log_event', 'fault_injected']
+           'commit_temp', 'atomic_write', 'atomic_write_text', 'atomic_write_json', 'log_event', 'fault_injected',
+           'fault_at', 'kill_self']
 
 # %% ../nbs/00_core.ipynb #d5bec1c3
 class HarError(Exception):
@@ -107,7 +109,10 @@ def write_temp(path, write_fn, suffix:str=".tmp") -> Path:
     "Call `write_fn(file_object)` on a new temp file beside `path`; return its path (written and flushed, not fsynced)."
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix="." + path.name + ".", suffix=suffix, dir=path.parent)
+    while True:   # mode 0666 & ~umask, as a plain open() gives (mkstemp's 0600 would hide a run from a labmate)
+        tmp = path.parent/f".{path.name}.{secrets.token_hex(4)}{suffix}"
+        try: fd = os.open(tmp, os.O_RDWR | os.O_CREAT | os.O_EXCL | getattr(os, "O_BINARY", 0), 0o666); break
+        except FileExistsError: continue
     try:
         with os.fdopen(fd, "wb") as f:
             write_fn(f)
@@ -155,8 +160,22 @@ def log_event(run_dir, message:str, echo=None):
 # %% ../nbs/00_core.ipynb #a5fda050
 _fault_calls = {}
 
+def _fault_here() -> bool:
+    "Faults fire in every process, or, when `HAR_COLAB_FAULT_RANK` is set, only in the process of that rank."
+    want = os.environ.get("HAR_COLAB_FAULT_RANK")
+    return not want or want == os.environ.get("RANK", "0")
+
 def fault_injected(var:str) -> bool:
     "True at the N-th call with `var` in this process when the environment sets `var=N` (fault injection for tests)."
     _fault_calls[var] = _fault_calls.get(var, 0) + 1
     n = os.environ.get(var)
-    return bool(n) and int(n) == _fault_calls[var]
+    return bool(n) and int(n) == _fault_calls[var] and _fault_here()
+
+def fault_at(var:str, count:int) -> bool:
+    "True when the environment sets `var=N` and `count` (a run-wide count, such as the global step) is N."
+    n = os.environ.get(var)
+    return bool(n) and int(n) == int(count) and _fault_here()
+
+def kill_self(sig="SIGKILL"):
+    "Send this process `sig` (a name such as 'SIGTERM', or a number): what a dying session or a scheduler does to it."
+    os.kill(os.getpid(), getattr(signal, sig) if isinstance(sig, str) else sig)

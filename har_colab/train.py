@@ -19,8 +19,8 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from .core import (ConfigError, DataError, HarError, amp_dtype, atomic_write_json, derive_seed, fault_injected,
-                            resolve_device, seed_everything)
+from .core import (ConfigError, DataError, HarError, amp_dtype, atomic_write_json, derive_seed, fault_at,
+                            fault_injected, kill_self, resolve_device, seed_everything)
 from .datasets import Samples, load_samples, subset, train_val_split
 from .clips import ClipDataset
 from .models import check_input, count_parameters, create_model, get_spec
@@ -77,7 +77,7 @@ class TrainConfig:
     cache: str = _f("none", "decoded-clip cache: local keeps each video decoded and resized on local disk after its first read", choices=("none", "local"))
     cache_dir: str = _f(None, "decoded-clip cache folder (default: /content/har_colab_cache in Colab, else ~/.cache/har_colab/clips)")
     cache_max_gb: float = _f(20.0, "decoded-clip cache size bound; when the estimate exceeds it only the first videos are cached")
-    save_every_minutes: float = _f(5.0, "mid-epoch checkpoint interval")
+    save_every_minutes: float = _f(5.0, "mid-epoch checkpoint interval (0: after every optimizer step)")
     time_budget_minutes: float = _f(None, "stop cleanly (with a checkpoint) after this many minutes")
     keep: int = _f(2, "end-of-epoch checkpoints to keep (besides last.pt and best.pt)")
     force_resume: bool = _f(False, "resume even when result-changing settings differ from the checkpoint's")
@@ -111,7 +111,7 @@ def resolve_config(cfg:TrainConfig) -> TrainConfig:
               ("val_fraction", 0 <= cfg.val_fraction < 1, "in [0, 1)"), ("split", cfg.split in (1, 2, 3), "1, 2 or 3"),
               ("eval_clips", cfg.eval_clips >= 1, ">= 1"), ("min_crop_area", 0 < cfg.min_crop_area <= 1, "in (0, 1]"), ("workers", cfg.workers >= 0, ">= 0"),
               ("label_smoothing", 0 <= cfg.label_smoothing < 1, "in [0, 1)"), ("keep", cfg.keep >= 1, ">= 1"),
-              ("save_every_minutes", cfg.save_every_minutes > 0, "> 0"), ("warmup_epochs", cfg.warmup_epochs >= 0, ">= 0")]
+              ("save_every_minutes", cfg.save_every_minutes >= 0, ">= 0"), ("warmup_epochs", cfg.warmup_epochs >= 0, ">= 0")]
     for name, ok, want in checks:
         if not ok: raise ConfigError(f"{name}={getattr(cfg, name)!r}; it must be {want}")
     if spec.exact_frames and cfg.frames != spec.frames:
@@ -244,7 +244,7 @@ def _eval_fault(check_stop=None):
     calls = []
     def stop():
         calls.append(1)
-        if len(calls) == 2: os.kill(os.getpid(), signal.SIGKILL)
+        if len(calls) == 2: kill_self()
         if check_stop: check_stop()
     return stop
 
@@ -430,6 +430,7 @@ class Trainer:
                 self.train_step(pending); pending = []
                 self.step_in_epoch += 1; self.global_step += 1
                 self.running["seconds"] += time.time() - t0; t0 = time.time()
+                if fault_at("HAR_COLAB_KILL_AT_STEP", self.global_step): kill_self(os.environ.get("HAR_COLAB_KILL_SIGNAL", "SIGKILL"))
                 self.event("after_step")
                 self._stop_point()
         self.event("after_train")
@@ -482,9 +483,10 @@ def preflight(model:nn.Module, spec, frames:int, num_classes:int, device) -> Non
         from har_colab.core import ShapeError
         raise ShapeError(f"{spec.name} returned {tuple(out.shape)} for a batch of 2; expected (2, {num_classes})")
 
-def fit(config:TrainConfig, callbacks=None, echo=print) -> FitResult:
+def fit(config:TrainConfig, callbacks=None, echo=print,
+        cli:bool=False) -> FitResult:   # messages name command-line flags (--epochs) instead of arguments (epochs=)
     "Train (or resume) the run described by `config`."
-    from har_colab.callbacks import default_callbacks
+    from har_colab.callbacks import PlotCallback, default_callbacks
     cfg = resolve_config(config)
     device = resolve_device(init_distributed(cfg.device))   # under torchrun: join the job, one GPU per process
     run = RunFolder(cfg.run_dir).mkdir()
@@ -528,8 +530,11 @@ def fit(config:TrainConfig, callbacks=None, echo=print) -> FitResult:
     if state is not None:
         trainer.load_state_dict(state)
         if trainer.done:
-            msg = f"{run.root} already trained {trainer.epoch}/{cfg.epochs} epochs; raise --epochs to train more"
+            more = f"--epochs {trainer.epoch + 1}" if cli else f"epochs={trainer.epoch + 1}"
+            msg = f"{run.root} already trained {trainer.epoch}/{cfg.epochs} epochs; to train more, run again with {more} or more"
             echo(msg)
+            for cb in trainer.callbacks:                   # the finished run's curves, as the last session drew them
+                if isinstance(cb, PlotCallback) and is_main(): cb.show(trainer)
             return FitResult("already done", msg, trainer.history, run.root, trainer)
         run.log(f"resumed from {path.name} at epoch {trainer.epoch + 1}, step {trainer.step_in_epoch}/{trainer.steps_per_epoch}", echo)
     else:

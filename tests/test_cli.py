@@ -45,6 +45,9 @@ def test_demo_learns_motion_and_resumes(tmp_path, motion_data):
     assert [l for l in r2.stdout.splitlines() if l.startswith("epoch ")] == [l for l in r2.stdout.splitlines() if l.startswith("epoch 11/11")]
     assert "resumed from" in (run / "events.log").read_text()
     assert len(list(csv.DictReader(open(run / "metrics.csv")))) == 11
+    # a third time: nothing to train, and the hint names the flag
+    r3 = run_cli("demo", "--run-dir", run, "--data", motion_data, "--videos-per-class", "100", "--epochs", "11", "--no-progress")
+    assert r3.returncode == 0 and "already trained 11/11 epochs; to train more, run again with --epochs 12" in r3.stdout, r3.stdout
 
 
 def test_train_bad_flag_value_is_one_line_exit_2(tmp_path):
