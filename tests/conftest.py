@@ -8,12 +8,12 @@ import pytest
 BIN = Path(sys.executable).parent
 
 
-def run_cli(*args, cwd=None, timeout=1500, env=None):
-    "Run `har-colab ARGS` in a subprocess; returns CompletedProcess with text stdout/stderr."
+def run_cli(*args, cwd=None, timeout=1500, env=None, **popen):
+    "Run `har-colab ARGS` in a subprocess (`popen`: more `subprocess.run` arguments); returns CompletedProcess with text stdout/stderr."
     e = dict(os.environ, **(env or {}))
     e.setdefault("PYTHONUNBUFFERED", "1")
     return subprocess.run([str(BIN / "har-colab"), *map(str, args)], cwd=cwd, capture_output=True, text=True,
-                          timeout=timeout, env=e)
+                          timeout=timeout, env=e, **popen)
 
 
 @pytest.fixture(scope="session")

@@ -54,3 +54,17 @@ def test_train_bad_flag_value_is_one_line_exit_2(tmp_path):
     r = run_cli("train", "--run-dir", tmp_path, "--data", tmp_path, "--model", "tiny3d", "--freeze", "half")
     assert r.returncode == 2 and len(r.stderr.strip().splitlines()) == 1
     assert "--freeze" in r.stderr and "backbone" in r.stderr
+
+
+def test_run_folder_files_are_readable_by_the_group_and_others(tmp_path, small_data):
+    "Under umask 022 every file of the run folder is 0644, as a plain open() makes it (a labmate can read the run)."
+    run = tmp_path / "run"
+    r = run_cli("train", "--run-dir", run, "--data", small_data, "--model", "tiny3d", "--no-pretrained", "--epochs", "1",
+                "--max-steps-per-epoch", "2", "--save-every-minutes", "0", "--batch-size", "8", "--no-progress", umask=0o022)
+    assert r.returncode == 0, r.stderr[-2000:]
+    files = [p for p in run.rglob("*") if p.is_file()]
+    for name in ("config.json", "samples.json", "metrics.csv", "curves.png", "events.log", "checkpoints/last.pt",
+                 "checkpoints/best.pt", "checkpoints/epoch_001.pt"):
+        assert run / name in files, name
+    assert {p.relative_to(run).as_posix(): oct(p.stat().st_mode & 0o777) for p in files} == \
+           {p.relative_to(run).as_posix(): "0o644" for p in files}
