@@ -35,6 +35,14 @@ def _home(tmp_path, monkeypatch):
     monkeypatch.setenv("HAR_COLAB_HOME", str(tmp_path / "home"))
 
 
+def pytest_sessionstart(session):
+    "Under the Colab twin (HAR_COLAB_EXPECT_INSTALLED=1) the suite must test the installed package, not a source tree."
+    if os.environ.get("HAR_COLAB_EXPECT_INSTALLED"):
+        import har_colab
+        if "site-packages" not in Path(har_colab.__file__).parts:
+            raise pytest.UsageError(f"testing {har_colab.__file__}, not the installed har_colab: run from outside the checkout")
+
+
 def pytest_configure(config):
     config.addinivalue_line("markers", "slow: heavier tests (large models on the CPU); still run by `make test`")
     config.addinivalue_line("markers", "gpu: needs a CUDA GPU (skipped without one)")

@@ -56,12 +56,16 @@ def test_train_bad_flag_value_is_one_line_exit_2(tmp_path):
     assert "--freeze" in r.stderr and "backbone" in r.stderr
 
 
-def test_run_folder_files_are_readable_by_the_group_and_others(tmp_path, small_data):
-    "Under umask 022 every file of the run folder is 0644, as a plain open() makes it (a labmate can read the run)."
+def test_pyav_run_without_fallback_and_run_files_readable_by_others(tmp_path, small_data):
+    """`--backend pyav` trains with the installed PyAV (18 in the dev venv, 19 in the Colab twin) without one fallback to
+    another decoder; under umask 022 every file of the run folder is 0644, as a plain open() makes it."""
     run = tmp_path / "run"
     r = run_cli("train", "--run-dir", run, "--data", small_data, "--model", "tiny3d", "--no-pretrained", "--epochs", "1",
-                "--max-steps-per-epoch", "2", "--save-every-minutes", "0", "--batch-size", "8", "--no-progress", umask=0o022)
+                "--max-steps-per-epoch", "2", "--save-every-minutes", "0", "--batch-size", "8", "--no-progress",
+                "--backend", "pyav", umask=0o022)
     assert r.returncode == 0, r.stderr[-2000:]
+    log = (run / "events.log").read_text()
+    assert "fallback" not in log and "skipped bad video" not in log and "fallback" not in r.stderr, log + r.stderr[-2000:]
     files = [p for p in run.rglob("*") if p.is_file()]
     for name in ("config.json", "samples.json", "metrics.csv", "curves.png", "events.log", "checkpoints/last.pt",
                  "checkpoints/best.pt", "checkpoints/epoch_001.pt"):
