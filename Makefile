@@ -7,7 +7,7 @@ BIN := $(VENV)/bin
 STAMP := $(VENV)/.har_colab_installed
 SUDO := $(shell [ "$$(id -u)" = 0 ] || echo sudo)
 
-.PHONY: setup demo test test-slow check-sync readme nbtest pytest export clean-nbs bench
+.PHONY: setup demo test test-colab test-slow check-sync readme nbtest pytest export clean-nbs bench dist
 
 setup: $(STAMP)
 
@@ -42,6 +42,18 @@ test: setup
 	$(PY) .ci/check_sync.py
 	$(BIN)/nbdev_test --n_workers 2 --skip_file_re "^(colab_hmdb51|own_dataset)"
 	$(PY) -m pytest tests/ -q -m "not slow"
+
+# The Colab twin: our wheel and sdist pip-installed into Python 3.13 with Colab's packages, then the non-slow suite and
+# the tutorial notebooks (SMOKE) against the installed package (.ci/colab_twin.py; its venv is .venv-colab)
+test-colab: setup
+	$(PY) .ci/colab_twin.py
+
+# sdist and wheel in dist/, checked by twine (what the release workflow publishes); needs only build and twine
+DIST_PYTHON ?= $(if $(wildcard $(PY)),$(PY),$(PYTHON))
+dist:
+	rm -rf dist
+	$(DIST_PYTHON) -m build --outdir dist .
+	$(DIST_PYTHON) -m twine check --strict dist/*
 
 test-slow: setup
 	$(PY) -m pytest tests/ -q -m slow

@@ -7,8 +7,9 @@ config = ConfigParser(delimiters=['='])
 config.read('settings.ini', encoding='utf-8')
 cfg = config['DEFAULT']
 
-licenses = {'apache2': ('Apache Software License 2.0', 'OSI Approved :: Apache Software License')}
-statuses = ['Planning', 'Pre-Alpha', 'Alpha', 'Beta', 'Production/Stable', 'Mature', 'Inactive']
+licenses = {'apache2': 'Apache-2.0'}   # settings.ini's nbdev name -> the SPDX expression (PEP 639)
+statuses = ['0 - Pre-Planning', '1 - Planning', '2 - Pre-Alpha', '3 - Alpha', '4 - Beta', '5 - Production/Stable', '6 - Mature',
+            '7 - Inactive']   # PyPI's trove classifiers
 lic = licenses[cfg['license'].lower()]
 min_python = cfg['min_python']
 py_versions = ['3.9', '3.10', '3.11', '3.12', '3.13']
@@ -21,12 +22,12 @@ with open('README.md', encoding='utf-8') as f:
 
 setuptools.setup(
     name=cfg['lib_name'],
-    license=lic[0],
+    license=lic,
+    license_files=['LICENSE'],
     classifiers=[
-        'Development Status :: ' + str(int(cfg['status'])) + ' - ' + statuses[int(cfg['status'])],
+        'Development Status :: ' + statuses[int(cfg['status'])],
         'Intended Audience :: ' + cfg['audience'].title(),
         'Natural Language :: ' + cfg['language'].title(),
-        'License :: ' + lic[1],
     ] + ['Programming Language :: Python :: ' + v for v in py_versions[py_versions.index(min_python):]],
     url=cfg['git_url'],
     packages=setuptools.find_packages(include=['har_colab', 'har_colab.*']),

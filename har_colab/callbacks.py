@@ -87,8 +87,10 @@ class CheckpointCallback(Callback):
         self.last_save = time.time()
     def after_step(self, t):
         if self.writer.failed: self.writer.wait()         # a save that failed in the background stops training now
-        # a mid-epoch save while the previous one is still being flushed (slow Drive) waits for the next step
-        if time.time() - self.last_save >= self.every and t.step_in_epoch < t.steps_per_epoch and not self.writer.busy:
+        # a mid-epoch save while the previous one is still being flushed (slow Drive) waits for the next step;
+        # every_minutes=0: a save after every step, each waiting for the previous one (the same saves on any machine)
+        if t.step_in_epoch >= t.steps_per_epoch: return
+        if self.every == 0 or (time.time() - self.last_save >= self.every and not self.writer.busy):
             self._save(t, t.run.last, f"epoch {t.epoch + 1} step {t.step_in_epoch}/{t.steps_per_epoch}")
     def after_epoch(self, t):
         n, run, keep = t.epoch, t.run, self.keep
@@ -121,7 +123,8 @@ class PlotCallback(Callback):
     "Writes `curves.png` each epoch and updates an inline figure in notebooks."
     order, main_process_only = 40, True
     def __init__(self, live:bool|None=None): self.live, self.handle = live, None
-    def _draw(self, t):
+    def show(self, t):
+        "Draw the curves of `t.history` (`curves.png`, and the inline figure in a notebook)."
         chance = 1 / t.num_classes
         fig = plot_curves(t.history, title=f"{t.cfg.model} - {t.run.root.name}", chance=chance)
         png = io.BytesIO(); fig.savefig(png, format="png")
@@ -133,8 +136,8 @@ class PlotCallback(Callback):
             if self.handle is None: self.handle = display(img, display_id=True)
             else: self.handle.update(img)
     def before_fit(self, t):
-        if t.history: self._draw(t)
-    def after_validate(self, t): self._draw(t)
+        if t.history: self.show(t)
+    def after_validate(self, t): self.show(t)
 
 # %% ../nbs/41_callbacks.ipynb #67b78fad
 class TimeBudgetCallback(Callback):

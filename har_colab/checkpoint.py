@@ -15,7 +15,6 @@ import random
 import re
 import secrets
 import shutil
-import signal
 import socket
 import sys
 import threading
@@ -27,7 +26,7 @@ import numpy as np
 import torch
 
 from .core import (CheckpointError, RunFolderError, atomic_write, commit_temp, fault_injected, fault_oserror, fsync_dir,
-                            log_event, write_temp)
+                            kill_self, log_event, write_temp)
 from .env import in_colab
 
 # %% auto #0
@@ -145,7 +144,7 @@ def _write_temp(data, path:Path, kill:bool=False) -> Path:
     def write(f):
         if kill:                                   # fault injection: half of the checkpoint reaches the disk, then the process dies
             b = data if isinstance(data, memoryview) else serialize(data)
-            f.write(b[: len(b) // 2]); f.flush(); os.fsync(f.fileno()); os.kill(os.getpid(), signal.SIGKILL)
+            f.write(b[: len(b) // 2]); f.flush(); os.fsync(f.fileno()); kill_self()
         if isinstance(data, memoryview): f.write(data)
         else: torch.save(data, f)
     return write_temp(path, write, suffix=".partial")
@@ -213,7 +212,8 @@ class CheckpointWriter:
              copies=()):               # other names written as files of their own
         "Serialise `state` now; write it to `path` (and `links`, `copies`), then call `then(folder)`, in the background."
         self.wait()                                       # the previous save first (and its error, if any)
-        path = Path(path); _check_state(state); kill = fault_injected("HAR_COLAB_KILL_DURING_SAVE")
+        path = Path(path); _check_state(state)
+        kill, kill_after = fault_injected("HAR_COLAB_KILL_DURING_SAVE"), fault_injected("HAR_COLAB_KILL_AFTER_SAVE")
         small = self.background and tensor_bytes(state) <= self.max_buffer
         data = serialize(state) if small else state       # larger: written from the state before save returns
         def write_into(folder):                           # folder: `run` or its fallback (None without a run)
@@ -223,12 +223,16 @@ class CheckpointWriter:
             for p in links: _link(main, at(p), data)
             for p in copies: _commit(data, at(p))
             if then is not None: then(folder)
-        def finish():
+        def write():
             if run is not None: return run.write(write_into, f"checkpoints/{path.name}", self.retries, self.wait_s, recover=True)
             try: _retrying(lambda: write_into(None), self.retries, self.wait_s)
             except OSError as e:
                 raise CheckpointError(f"could not save {path}{_tries(e)} ({_brief(e)}); the previous checkpoint is intact. "
                                       "Free space on the disk / Drive, then re-run to resume") from None
+        def finish():
+            result = write()
+            if kill_after: kill_self()                    # fault injection: the process dies right after this save
+            return result
         if not small: return finish()
         def work():
             try: finish()

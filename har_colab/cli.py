@@ -101,7 +101,7 @@ def cmd_synth(a) -> int:
 def _run_fit(cfg, chance_classes=None) -> int:
     from har_colab.train import fit
     from har_colab.distributed import barrier, cleanup, is_main
-    res = fit(cfg)
+    res = fit(cfg, cli=True)
     main = is_main()
     barrier(); cleanup()              # under torchrun: every process leaves the job together (only process 0 prints)
     if not main: return 3 if res.status == "stopped" else 0

@@ -81,6 +81,7 @@ class ClipDataset(torch.utils.data.Dataset):
         self.transform = VideoTransform(spec, train=train, hflip=hflip, scale=(min_crop_area, 1.0))
         self.bad_videos = []          # paths skipped in this process
         self.fallbacks = []           # paths the chosen backend could not decode but another one could
+        self._fallbacks_noted = set() # (chosen, other) backend pairs already reported by this process
         if cache in (None, "none"): self.cache = None
         elif isinstance(cache, ClipCache): self.cache = cache
         elif cache == "local":
@@ -105,12 +106,19 @@ class ClipDataset(torch.utils.data.Dataset):
             for backend in (b for b in BACKEND_ORDER if b != self.backend and backend_available(b)):
                 try: x = self._read_with(backend, path, v, k, epoch)
                 except DataError: continue
-                if path not in self.fallbacks:   # decoded, but not by the chosen backend
-                    self.fallbacks.append(path)
-                    msg = f"decoded {path} with {backend}: {self.backend} failed ({first})"
-                    if self.run_dir is None or _log_once(self.run_dir, msg, f"decoded {path} with "): warnings.warn(msg)
+                self._note_fallback(path, backend, first)
                 return x, label
             raise first
+    def _note_fallback(self, path:str, backend:str, error:DataError):
+        "Record that `backend` decoded `path` after the chosen backend failed; reported once per run (per process without `run_dir`)."
+        if path not in self.fallbacks: self.fallbacks.append(path)
+        pair = (self.backend, backend)
+        if pair in self._fallbacks_noted: return
+        self._fallbacks_noted.add(pair)
+        marker = f"video backend fallback {self.backend} -> {backend}:"
+        msg = (f"{marker} {self.backend} could not decode {path} ({error}); {backend} decoded it, and decodes every other "
+               f"such video of this run without another line (backend={backend!r} / --backend {backend} skips the failing tries)")
+        if self.run_dir is None or _log_once(self.run_dir, msg, marker): warnings.warn(msg)
     def _read_with(self, backend:str, path, v:int, k:int, epoch:int) -> torch.Tensor:
         g = torch_generator(self.seed, int(epoch), v, "clip")
         with self._open(path, backend) as video:

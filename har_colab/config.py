@@ -58,7 +58,7 @@ class TrainConfig:
     cache: str = _f("none", "decoded-clip cache: local keeps each video decoded and resized on local disk after its first read", choices=("none", "local"))
     cache_dir: str = _f(None, "decoded-clip cache folder (default: /content/har_colab_cache in Colab, else ~/.cache/har_colab/clips)")
     cache_max_gb: float = _f(20.0, "decoded-clip cache size bound; when the estimate exceeds it only the first videos are cached")
-    save_every_minutes: float = _f(5.0, "mid-epoch checkpoint interval")
+    save_every_minutes: float = _f(5.0, "mid-epoch checkpoint interval (0: after every optimizer step)")
     time_budget_minutes: float = _f(None, "stop cleanly (with a checkpoint) after this many minutes")
     keep: int = _f(2, "end-of-epoch checkpoints to keep (besides last.pt and best.pt)")
     force_resume: bool = _f(False, "resume even when result-changing settings differ from the checkpoint's, or without videos deleted since")
@@ -94,7 +94,7 @@ def resolve_config(cfg:TrainConfig) -> TrainConfig:
               ("val_fraction", 0 <= cfg.val_fraction < 1, "in [0, 1)"), ("split", cfg.split in (1, 2, 3), "1, 2 or 3"),
               ("eval_clips", cfg.eval_clips >= 1, ">= 1"), ("min_crop_area", 0 < cfg.min_crop_area <= 1, "in (0, 1]"), ("workers", cfg.workers >= 0, ">= 0"),
               ("label_smoothing", 0 <= cfg.label_smoothing < 1, "in [0, 1)"), ("keep", cfg.keep >= 1, ">= 1"),
-              ("save_every_minutes", cfg.save_every_minutes > 0, "> 0"), ("warmup_epochs", cfg.warmup_epochs >= 0, ">= 0")]
+              ("save_every_minutes", cfg.save_every_minutes >= 0, ">= 0"), ("warmup_epochs", cfg.warmup_epochs >= 0, ">= 0")]
     for name, ok, want in checks:
         if not ok: raise ConfigError(f"{name}={getattr(cfg, name)!r}; it must be {want}")
     if spec.exact_frames and cfg.frames != spec.frames:

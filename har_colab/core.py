@@ -11,6 +11,8 @@ import hashlib
 import json
 import os
 import random
+import secrets
+import signal
 import tempfile
 import time
 from pathlib import Path
@@ -22,7 +24,7 @@ import torch
 __all__ = ['VML_OPS', 'HarError', 'ConfigError', 'DataError', 'CheckpointError', 'ShapeError', 'RunFolderError',
            'seed_everything', 'derive_seed', 'torch_generator', 'warm_up_cpu_math', 'resolve_device', 'amp_dtype',
            'fsync_dir', 'write_temp', 'commit_temp', 'atomic_write', 'atomic_write_text', 'atomic_write_json',
-           'log_event', 'fault_injected', 'fault_oserror', 'fault_pause']
+           'log_event', 'fault_injected', 'fault_at', 'kill_self', 'fault_oserror', 'fault_pause']
 
 # %% ../nbs/00_core.ipynb #d5bec1c3
 class HarError(Exception):
@@ -113,7 +115,10 @@ def write_temp(path, write_fn, suffix:str=".tmp") -> Path:
     "Call `write_fn(file_object)` on a new temp file beside `path`; return its path (written and flushed, not fsynced)."
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix="." + path.name + ".", suffix=suffix, dir=path.parent)
+    while True:   # mode 0666 & ~umask, as a plain open() gives (mkstemp's 0600 would hide a run from a labmate)
+        tmp = path.parent/f".{path.name}.{secrets.token_hex(4)}{suffix}"
+        try: fd = os.open(tmp, os.O_RDWR | os.O_CREAT | os.O_EXCL | getattr(os, "O_BINARY", 0), 0o666); break
+        except FileExistsError: continue
     try:
         with os.fdopen(fd, "wb") as f:
             write_fn(f)
@@ -163,6 +168,11 @@ def log_event(run_dir, message:str, echo=None) -> bool:
 # %% ../nbs/00_core.ipynb #a5fda050
 _fault_calls = {}
 
+def _fault_here() -> bool:
+    "Faults fire in every process, or, when `HAR_COLAB_FAULT_RANK` is set, only in the process of that rank."
+    want = os.environ.get("HAR_COLAB_FAULT_RANK")
+    return not want or want == os.environ.get("RANK", "0")
+
 def _fault_count(var:str) -> int:
     _fault_calls[var] = _fault_calls.get(var, 0) + 1
     return _fault_calls[var]
@@ -170,7 +180,16 @@ def _fault_count(var:str) -> int:
 def fault_injected(var:str) -> bool:
     "True at the N-th call with `var` in this process when the environment sets `var=N` (fault injection for tests)."
     k, n = _fault_count(var), os.environ.get(var)
-    return bool(n) and int(n) == k
+    return bool(n) and int(n) == k and _fault_here()
+
+def fault_at(var:str, count:int) -> bool:
+    "True when the environment sets `var=N` and `count` (a run-wide count, such as the global step) is N."
+    n = os.environ.get(var)
+    return bool(n) and int(n) == int(count) and _fault_here()
+
+def kill_self(sig="SIGKILL"):
+    "Send this process `sig` (a name such as 'SIGTERM', or a number): what a dying session or a scheduler does to it."
+    os.kill(os.getpid(), getattr(signal, sig) if isinstance(sig, str) else sig)
 
 def fault_oserror(var:str, path=None):
     "Raise an `OSError` at the calls the environment's `var='N[-M][:ERRNO]'` names (N to M, `N-`: from N on; default EIO)."

@@ -63,7 +63,8 @@ def write_video(path, frames:np.ndarray, fps:int=25, codec:str="libx264", crf:in
         stream = container.add_stream(codec, rate=fps)
         stream.width, stream.height, stream.pix_fmt = w, h, "yuv420p"
         if codec == "libx264":
-            stream.options = {"crf": str(crf), "preset": "veryfast", "bframes": "0", "threads": "1"}
+            stream.options = {"crf": str(crf), "preset": "veryfast", "bf": "0", "threads": "1",
+                              "x264-params": "mbtree=0"}   # mbtree: the same frames did not always give the same file
         else:
             stream.bit_rate = 8_000_000
         stream.thread_count = 1

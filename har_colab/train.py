@@ -19,8 +19,8 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from .core import (ConfigError, DataError, HarError, amp_dtype, atomic_write_json, derive_seed, fault_injected,
-                            resolve_device, seed_everything)
+from .core import (ConfigError, DataError, HarError, amp_dtype, atomic_write_json, derive_seed, fault_at,
+                            fault_injected, kill_self, resolve_device, seed_everything)
 from .events import EVENTS, Callback, StopTraining
 from .clips import ClipDataset
 from .models import check_input, count_parameters, get_spec
@@ -30,7 +30,7 @@ from .build import (RunStart, build_cache, build_model, build_samples, clip_data
                              samples_from_saved)
 from .distributed import (all_reduce_sum, barrier, broadcast_buffers, init_distributed, is_distributed, is_main, rank,
                                    shard, stop_requests, worker_ignore_signals, world_size, wrap_model)
-from .callbacks import default_callbacks
+from .callbacks import PlotCallback, default_callbacks
 
 # %% auto #0
 __all__ = ['EpochBatchSampler', 'lr_factor', 'make_optimizer', 'amp_setup', 'ignore_stop_signals', 'evaluate', 'Trainer',
@@ -120,7 +120,7 @@ def _eval_fault(check_stop=None):
     calls = []
     def stop():
         calls.append(1)
-        if len(calls) == 2: os.kill(os.getpid(), signal.SIGKILL)
+        if len(calls) == 2: kill_self()
         if check_stop: check_stop()
     return stop
 
@@ -305,6 +305,7 @@ class Trainer:
                 self.train_step(pending); pending = []
                 self.step_in_epoch += 1; self.global_step += 1
                 self.running["seconds"] += time.time() - t0; t0 = time.time()
+                if fault_at("HAR_COLAB_KILL_AT_STEP", self.global_step): kill_self(os.environ.get("HAR_COLAB_KILL_SIGNAL", "SIGKILL"))
                 self.event("after_step")
                 self._stop_point()
         self.event("after_train")
@@ -357,16 +358,17 @@ def preflight(model:nn.Module, spec, frames:int, num_classes:int, device) -> Non
         from har_colab.core import ShapeError
         raise ShapeError(f"{spec.name} returned {tuple(out.shape)} for a batch of 2; expected (2, {num_classes})")
 
-def fit(config:TrainConfig, callbacks=None, echo=print) -> FitResult:
+def fit(config:TrainConfig, callbacks=None, echo=print,
+        cli:bool=False) -> FitResult:   # messages name command-line flags (--epochs) instead of arguments (epochs=)
     "Train (or resume) the run described by `config`."
     cfg = resolve_config(config)
     device = resolve_device(init_distributed(cfg.device))   # under torchrun: join the job, one GPU per process
     if not is_main(): echo = lambda *a, **k: None          # only process 0 writes the run folder and prints
     start = open_run(cfg, echo)                             # the run folder, locked; nothing written yet
-    try: return _fit_run(cfg, start, device, callbacks, echo)
+    try: return _fit_run(cfg, start, device, callbacks, echo, cli)
     finally: start.close()                                  # the lock goes when fit ends or fails
 
-def _fit_run(cfg:TrainConfig, start:RunStart, device, callbacks, echo) -> FitResult:
+def _fit_run(cfg:TrainConfig, start:RunStart, device, callbacks, echo, cli:bool=False) -> FitResult:
     "`fit` in the run folder `open_run` opened: build, check, then `start.commit` and train."
     run, state, path, train_s, val_s = start.run, start.state, start.path, start.train, start.val
     samples = {"train": train_s.to_dict(), "val": val_s.to_dict()}
@@ -383,8 +385,11 @@ def _fit_run(cfg:TrainConfig, start:RunStart, device, callbacks, echo) -> FitRes
     if state is not None:
         trainer.load_state_dict(state)
         if trainer.done:
-            msg = f"{run.root} already trained {trainer.epoch}/{cfg.epochs} epochs; raise --epochs to train more"
+            more = f"--epochs {trainer.epoch + 1}" if cli else f"epochs={trainer.epoch + 1}"
+            msg = f"{run.root} already trained {trainer.epoch}/{cfg.epochs} epochs; to train more, run again with {more} or more"
             echo(msg)
+            for cb in trainer.callbacks:                   # the finished run's curves, as the last session drew them
+                if isinstance(cb, PlotCallback) and is_main(): cb.show(trainer)
             return FitResult("already done", msg, trainer.history, run.root, trainer)
         where = path.name if path.parent == run.checkpoints else str(path)
         message = f"resumed from {where} at epoch {trainer.epoch + 1}, step {trainer.step_in_epoch}/{trainer.steps_per_epoch}"

@@ -166,12 +166,17 @@ class TorchcodecVideo(VideoFile):
     def close(self): self._dec = None
 
 # %% ../nbs/10_video.ipynb #961a1bad
+def _av_open(path):
+    "`av.open(path)` for reading, which also opens files whose metadata is not UTF-8, with PyAV 18 and 19."
+    import av
+    if int(av.__version__.split(".")[0]) < 19: return av.open(str(path), metadata_errors="ignore")
+    return av.open(str(path))
+
 class PyAVVideo(VideoFile):
     "PyAV backend: an index of packet timestamps (demux only), then seek to a keyframe and decode forward."
     backend = "pyav"
     def _open(self):
-        import av
-        self._c = av.open(str(self.path), metadata_errors="ignore")
+        self._c = _av_open(self.path)
         if not self._c.streams.video: raise DataError(f"cannot decode {self.path}: no video stream")
         s = self._s = self._c.streams.video[0]
         s.thread_count = 1

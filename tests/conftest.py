@@ -8,12 +8,12 @@ import pytest
 BIN = Path(sys.executable).parent
 
 
-def run_cli(*args, cwd=None, timeout=1500, env=None):
-    "Run `har-colab ARGS` in a subprocess; returns CompletedProcess with text stdout/stderr."
+def run_cli(*args, cwd=None, timeout=1500, env=None, **popen):
+    "Run `har-colab ARGS` in a subprocess (`popen`: more `subprocess.run` arguments); returns CompletedProcess with text stdout/stderr."
     e = dict(os.environ, **(env or {}))
     e.setdefault("PYTHONUNBUFFERED", "1")
     return subprocess.run([str(BIN / "har-colab"), *map(str, args)], cwd=cwd, capture_output=True, text=True,
-                          timeout=timeout, env=e)
+                          timeout=timeout, env=e, **popen)
 
 
 @pytest.fixture(scope="session")
@@ -33,6 +33,14 @@ def small_data(tmp_path_factory):
 @pytest.fixture(autouse=True)
 def _home(tmp_path, monkeypatch):
     monkeypatch.setenv("HAR_COLAB_HOME", str(tmp_path / "home"))
+
+
+def pytest_sessionstart(session):
+    "Under the Colab twin (HAR_COLAB_EXPECT_INSTALLED=1) the suite must test the installed package, not a source tree."
+    if os.environ.get("HAR_COLAB_EXPECT_INSTALLED"):
+        import har_colab
+        if "site-packages" not in Path(har_colab.__file__).parts:
+            raise pytest.UsageError(f"testing {har_colab.__file__}, not the installed har_colab: run from outside the checkout")
 
 
 def pytest_configure(config):

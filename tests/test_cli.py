@@ -45,9 +45,30 @@ def test_demo_learns_motion_and_resumes(tmp_path, motion_data):
     assert [l for l in r2.stdout.splitlines() if l.startswith("epoch ")] == [l for l in r2.stdout.splitlines() if l.startswith("epoch 11/11")]
     assert "resumed from" in (run / "events.log").read_text()
     assert len(list(csv.DictReader(open(run / "metrics.csv")))) == 11
+    # a third time: nothing to train, and the hint names the flag
+    r3 = run_cli("demo", "--run-dir", run, "--data", motion_data, "--videos-per-class", "100", "--epochs", "11", "--no-progress")
+    assert r3.returncode == 0 and "already trained 11/11 epochs; to train more, run again with --epochs 12" in r3.stdout, r3.stdout
 
 
 def test_train_bad_flag_value_is_one_line_exit_2(tmp_path):
     r = run_cli("train", "--run-dir", tmp_path, "--data", tmp_path, "--model", "tiny3d", "--freeze", "half")
     assert r.returncode == 2 and len(r.stderr.strip().splitlines()) == 1
     assert "--freeze" in r.stderr and "backbone" in r.stderr
+
+
+def test_pyav_run_without_fallback_and_run_files_readable_by_others(tmp_path, small_data):
+    """`--backend pyav` trains with the installed PyAV (18 in the dev venv, 19 in the Colab twin) without one fallback to
+    another decoder; under umask 022 every file of the run folder is 0644, as a plain open() makes it."""
+    run = tmp_path / "run"
+    r = run_cli("train", "--run-dir", run, "--data", small_data, "--model", "tiny3d", "--no-pretrained", "--epochs", "1",
+                "--max-steps-per-epoch", "2", "--save-every-minutes", "0", "--batch-size", "8", "--no-progress",
+                "--backend", "pyav", umask=0o022)
+    assert r.returncode == 0, r.stderr[-2000:]
+    log = (run / "events.log").read_text()
+    assert "fallback" not in log and "skipped bad video" not in log and "fallback" not in r.stderr, log + r.stderr[-2000:]
+    files = [p for p in run.rglob("*") if p.is_file()]
+    for name in ("config.json", "samples.json", "metrics.csv", "curves.png", "events.log", "checkpoints/last.pt",
+                 "checkpoints/best.pt", "checkpoints/epoch_001.pt"):
+        assert run / name in files, name
+    assert {p.relative_to(run).as_posix(): oct(p.stat().st_mode & 0o777) for p in files} == \
+           {p.relative_to(run).as_posix(): "0o644" for p in files}

@@ -5,11 +5,9 @@ import csv
 import json
 import os
 import shutil
-import signal
 import socket
 import subprocess
 import sys
-import time
 from pathlib import Path
 
 import pytest
@@ -18,8 +16,8 @@ import torch
 ROOT = Path(__file__).resolve().parents[1]
 
 
-def env():
-    return dict(os.environ, PYTHONPATH=str(ROOT), OMP_NUM_THREADS="1", PYTHONUNBUFFERED="1")
+def env(**faults):
+    return dict(os.environ, PYTHONPATH=str(ROOT), OMP_NUM_THREADS="1", PYTHONUNBUFFERED="1", **faults)
 
 
 def free_port():
@@ -44,8 +42,9 @@ def run(nproc, args, timeout=400):
     return subprocess.run(command(nproc, args), capture_output=True, text=True, env=env(), timeout=timeout)
 
 
-def start(nproc, args):
-    return subprocess.Popen(command(nproc, args), stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, env=env())
+def start(nproc, args, **faults):
+    "Start `har-colab ARGS`; `faults`: fault-injection variables (see `core.fault_injected`)."
+    return subprocess.Popen(command(nproc, args), stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, env=env(**faults))
 
 
 def rows(run_dir):
@@ -65,28 +64,6 @@ def assert_same_weights(a, b):
 def events(run_dir):
     p = Path(run_dir) / "events.log"
     return p.read_text() if p.exists() else ""
-
-
-def rank_pid(torchrun_pid, rank, timeout=120):
-    "The pid of the worker process with RANK=`rank` started by torchrun `torchrun_pid`."
-    deadline = time.time() + timeout
-    while time.time() < deadline:
-        for d in Path("/proc").iterdir():
-            if not d.name.isdigit(): continue
-            try:
-                ppid = int((d / "stat").read_text().rsplit(")", 1)[1].split()[1])
-                if ppid == torchrun_pid and f"\0RANK={rank}\0".encode() in b"\0" + (d / "environ").read_bytes():
-                    return int(d.name)
-            except (OSError, IndexError, ValueError):
-                continue
-        time.sleep(0.1)
-    raise AssertionError(f"no worker with RANK={rank}")
-
-
-def wait_for(cond, p, timeout=300):
-    deadline = time.time() + timeout
-    while not cond() and p.poll() is None and time.time() < deadline: time.sleep(0.05)
-    assert p.poll() is None, "training ended before the test could interrupt it:\n" + p.stdout.read()[-3000:]
 
 
 @pytest.fixture(scope="module")
@@ -134,9 +111,8 @@ def test_two_processes_train_like_one_and_checkpoints_move_between_them(small_da
 @pytest.mark.timeout(600)
 def test_killed_process_resumes_bit_exact(small_data, two_ref, tmp_path):
     d = tmp_path / "run"
-    p = start(2, train_args(d, small_data, "--save-every-minutes", "0.001"))   # a checkpoint after (almost) every step
-    wait_for(lambda: "epoch_001.pt" in events(d) and events(d).count(" saved ") >= 3, p)
-    os.kill(rank_pid(p.pid, 1), signal.SIGKILL)                   # a mid-epoch death of process 1
+    # a mid-epoch death of process 1 at step 7 (epoch 2, step 2), with a checkpoint after every step before it
+    p = start(2, train_args(d, small_data, "--save-every-minutes", "0"), HAR_COLAB_KILL_AT_STEP="7", HAR_COLAB_FAULT_RANK="1")
     out, _ = p.communicate(timeout=300)
     assert p.returncode != 0 and len(rows(d)) < 3, out[-3000:]   # torchrun ended the job
     copy = tmp_path / "copy"; shutil.copytree(d, copy)
@@ -153,13 +129,12 @@ def test_killed_process_resumes_bit_exact(small_data, two_ref, tmp_path):
 @pytest.mark.timeout(600)
 def test_sigterm_to_one_process_stops_all_with_one_checkpoint(small_data, two_ref, tmp_path):
     d = tmp_path / "run"
-    p = start(2, train_args(d, small_data))
-    wait_for(lambda: "epoch_001.pt" in events(d), p)
-    os.kill(rank_pid(p.pid, 1), signal.SIGTERM)
+    p = start(2, train_args(d, small_data), HAR_COLAB_KILL_AT_STEP="7", HAR_COLAB_FAULT_RANK="1",   # a SIGTERM to process 1
+              HAR_COLAB_KILL_SIGNAL="SIGTERM")                                                    # at step 7
     out, _ = p.communicate(timeout=300)
     assert "exitcode  : 3" in out or "exitcode: 3" in out, out[-3000:]   # the processes stopped on purpose
     log = events(d)
-    assert log.count("stopped because SIGTERM was received (process 1)") == 1 and log.count("(stopped at epoch") == 1, log
+    assert log.count("stopped because SIGTERM was received (process 1)") == 1 and log.count("(stopped at epoch 2 step 2/") == 1, log
     r = run(2, train_args(d, small_data))
     assert r.returncode == 0, r.stderr[-3000:]
     assert_same_weights(two_ref, d)

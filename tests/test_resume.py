@@ -6,7 +6,6 @@ import random
 import signal
 import subprocess
 import sys
-import time
 from pathlib import Path
 
 import pytest
@@ -45,57 +44,68 @@ def reference(small_data, tmp_path_factory):
     return run
 
 
-def saves(run):
-    log = Path(run) / "events.log"
-    return log.read_text().count(" saved ") if log.exists() else 0
+def launch(run, data, env):
+    "Train until the fault in `env` kills the process; it must die of it, on any machine."
+    p = start(train_args(run, data, "--save-every-minutes", "0"), env=env)   # a checkpoint after every step
+    out, err = p.communicate(timeout=300)
+    assert p.returncode == -signal.SIGKILL, f"{env}: exit {p.returncode}\n{err[-2000:]}"
+    last = Path(run) / "checkpoints" / "last.pt"
+    assert not last.exists() or torch.load(last, weights_only=True)        # whatever is there loads
+
+
+def kill_plan(seed, total, steps_per_epoch):
+    """Faults for one launch each, in order: SIGKILLs at optimizer steps drawn from a seeded RNG over the run's `total`
+    steps, strictly increasing, between them kills halfway through a save, right after a save, in a validation pass.
+    Each fault lies past where the previous one can have left the run, so every launch dies once, later each time."""
+    rng = random.Random(seed)
+    events = [None, {"HAR_COLAB_KILL_DURING_SAVE": "1"}, None, {"HAR_COLAB_KILL_AFTER_SAVE": "2"}, None,
+              {"HAR_COLAB_KILL_DURING_EVAL": "1"}, None, {"HAR_COLAB_KILL_AFTER_SAVE": "1"}]
+    def reach(env, at):        # the furthest step a launch resuming at or before step `at` gets to before `env` kills it
+        if "HAR_COLAB_KILL_DURING_SAVE" in env: return at + 1                       # its first save: after its first step
+        if "HAR_COLAB_KILL_AFTER_SAVE" in env: return at + int(env["HAR_COLAB_KILL_AFTER_SAVE"]) + 1  # + the step in flight
+        return -(-(at + 1) // steps_per_epoch) * steps_per_epoch                    # the validation pass ending its epoch
+    plan, at = [], 0
+    for i, env in enumerate(events):
+        if env is None:                                   # a step kill: past `at`, leaving room for what follows
+            room = total - at - sum(reach(e, 0) if e else 1 for e in events[i + 1:])
+            lo = 1 if plan else 3                        # the first kill after two saves: every later launch resumes
+            assert room >= lo, "the run is too short for this plan"
+            step = at + rng.randint(lo, min(room, 2 * steps_per_epoch))
+            env = {"HAR_COLAB_KILL_AT_STEP": str(step)}; at = step
+        else: at = reach(env, at)
+        plan.append(env)
+    assert at <= total
+    return plan
 
 
 def test_sigkill_at_random_moments_resumes_bit_exact(small_data, reference, tmp_path):
-    run, rng = tmp_path / "run", random.Random(1234)
-    extra = ("--save-every-minutes", "0.001")          # a mid-epoch checkpoint after (almost) every step
-    kills = 0
-    # kill 1: halfway through writing a checkpoint, kill 2: in the middle of a validation pass (fault injection);
-    # the rest at random moments soon after a save (0-0.4 s: the next step or save) or later (0-1.5 s)
-    for fault in ({"HAR_COLAB_KILL_DURING_SAVE": "3"}, {"HAR_COLAB_KILL_DURING_EVAL": "1"}):
-        p = start(train_args(run, small_data, *extra), env=fault)
-        p.wait(timeout=300); assert p.returncode == -signal.SIGKILL, p.stderr.read()[-2000:]; kills += 1
-        assert not (run / "checkpoints" / "last.pt").exists() or torch.load(run / "checkpoints" / "last.pt", weights_only=True)
-    while kills < 7:
-        before = saves(run)
-        p = start(train_args(run, small_data, *extra))
-        deadline = time.time() + 300
-        while saves(run) <= before and p.poll() is None and time.time() < deadline: time.sleep(0.05)
-        time.sleep(rng.uniform(0, 0.4 if kills % 2 else 1.5))
-        if p.poll() is not None:
-            break                                        # it finished before we could kill it
-        p.send_signal(signal.SIGKILL); p.wait(); kills += 1
-    assert kills >= 5
-    r = run_cli(*train_args(run, small_data, *extra))
+    run = tmp_path / "run"
+    total = torch.load(Path(reference) / "checkpoints" / "last.pt", weights_only=True)["global_step"]
+    plan = kill_plan(1234, total, total // 6)
+    assert len(plan) >= 7 and sum("HAR_COLAB_KILL_AT_STEP" in e for e in plan) >= 4
+    for env in plan: launch(run, small_data, env)
+    r = run_cli(*train_args(run, small_data, "--save-every-minutes", "0"))
     assert r.returncode == 0, r.stderr[-3000:]
     ref, got = final_weights(reference), final_weights(run)
     assert ref.keys() == got.keys()
-    for k in ref: assert torch.equal(ref[k], got[k]), f"{k} differs after {kills} kills"
+    for k in ref: assert torch.equal(ref[k], got[k]), f"{k} differs after {len(plan)} kills"
     assert rows(run) == rows(reference)
-    assert (run / "events.log").read_text().count("resumed from") >= 4
+    log = (run / "events.log").read_text()
+    assert log.count("resumed from") == len(plan) and log.count("started ") == 1, log   # every launch found a checkpoint
 
 
 @pytest.mark.parametrize("how", ["sigterm", "sigint", "budget"])
 def test_clean_stop_exits_3_with_a_resumable_checkpoint(how, small_data, reference, tmp_path):
     run = tmp_path / "run"
     if how == "budget":
-        r = run_cli(*train_args(run, small_data, "--time-budget-minutes", "0.0001"))
-        code, err = r.returncode, r.stderr
-    else:
-        p = start(train_args(run, small_data))
-        deadline = time.time() + 300
-        while "started" not in ((run / "events.log").read_text() if (run / "events.log").exists() else "") and time.time() < deadline:
-            time.sleep(0.05)
-        time.sleep(1.0)
-        p.send_signal(signal.SIGTERM if how == "sigterm" else signal.SIGINT)
-        out, err = p.communicate(timeout=120); code = p.returncode
-    assert code == 3, err[-2000:]
+        r = run_cli(*train_args(run, small_data, "--time-budget-minutes", "0.0001"))   # runs out during the first step
+    else:                                                   # the signal arrives at the end of step 7 (mid-epoch 2)
+        r = run_cli(*train_args(run, small_data), env={"HAR_COLAB_KILL_AT_STEP": "7", "HAR_COLAB_KILL_SIGNAL": how.upper()})
+    assert r.returncode == 3, r.stderr[-2000:]
     log = (run / "events.log").read_text()
     assert "stopped because" in log and (run / "checkpoints" / "last.pt").exists()
+    if how != "budget":
+        assert f"stopped because {how.upper()} was received" in log and "(stopped at epoch 2 step 2/" in log, log
     r = run_cli(*train_args(run, small_data))
     assert r.returncode == 0, r.stderr[-2000:]
     assert "resumed from" in (run / "events.log").read_text()

@@ -22,12 +22,12 @@ def _loop(data, run, accumulate, model):
                    callbacks=[], echo=lambda m: None)
 
 
-def test_gradient_accumulation_keeps_the_effective_batch(motion_data, tmp_path):
+def test_gradient_accumulation_keeps_the_effective_batch(small_data, tmp_path):
     "batch 8 in one step == batch 8 as 2 micro-batches of 4 (for a model without batch statistics)."
     torch.manual_seed(0)
-    base = nn.Sequential(nn.AdaptiveAvgPool3d((2, 4, 4)), nn.Flatten(), nn.Linear(3 * 2 * 16, 8))
-    a = _loop(motion_data, tmp_path / "a", 1, copy.deepcopy(base))
-    b = _loop(motion_data, tmp_path / "b", 2, copy.deepcopy(base))
+    base = nn.Sequential(nn.AdaptiveAvgPool3d((2, 4, 4)), nn.Flatten(), nn.Linear(3 * 2 * 16, 4))
+    a = _loop(small_data, tmp_path / "a", 1, copy.deepcopy(base))
+    b = _loop(small_data, tmp_path / "b", 2, copy.deepcopy(base))
     assert a.micro == 8 and b.micro == 4
     a.run_epoch(); b.run_epoch()
     for (n, p), (_, q) in zip(a.model.named_parameters(), b.model.named_parameters()):
@@ -35,9 +35,9 @@ def test_gradient_accumulation_keeps_the_effective_batch(motion_data, tmp_path):
     assert a.global_step == b.global_step == 2
 
 
-def test_lr_warms_up_then_decays_per_step(motion_data, tmp_path):
+def test_lr_warms_up_then_decays_per_step(small_data, tmp_path):
     from har_colab.train import lr_factor
-    t = _loop(motion_data, tmp_path / "s", 1, nn.Sequential(nn.AdaptiveAvgPool3d(1), nn.Flatten(), nn.Linear(3, 8)))
+    t = _loop(small_data, tmp_path / "s", 1, nn.Sequential(nn.AdaptiveAvgPool3d(1), nn.Flatten(), nn.Linear(3, 4)))
     lrs = []
     t.callbacks = [type("Rec", (), {"order": 0, "__getattr__": lambda s, n: (lambda tr: lrs.append(tr.lr)) if n == "after_step" else (lambda tr: None)})()]
     t.run_epoch()
@@ -45,10 +45,10 @@ def test_lr_warms_up_then_decays_per_step(motion_data, tmp_path):
     assert lrs == pytest.approx([peak * lr_factor(s, t.warmup_steps, t.total_steps) for s in range(1, 3)])
 
 
-def test_eval_and_plot_commands_on_a_trained_run(motion_data, tmp_path):
+def test_eval_and_plot_commands_on_a_trained_run(small_data, tmp_path):
     run = tmp_path / "run"
-    r = run_cli("train", "--run-dir", run, "--data", motion_data, "--model", "tiny3d", "--no-pretrained", "--no-hflip",
-                "--epochs", "1", "--batch-size", "16", "--max-steps-per-epoch", "4", "--no-progress", "--eval-clips", "2")
+    r = run_cli("train", "--run-dir", run, "--data", small_data, "--model", "tiny3d", "--no-pretrained", "--no-hflip",
+                "--epochs", "1", "--batch-size", "8", "--max-steps-per-epoch", "4", "--no-progress", "--eval-clips", "2")
     assert r.returncode == 0, r.stderr[-2000:]
     r = run_cli("eval", "--run-dir", run, "--clips", "3")
     assert r.returncode == 0, r.stderr[-2000:]

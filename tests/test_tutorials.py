@@ -57,8 +57,20 @@ def test_hmdb51_tutorial_runs_and_resumes_after_a_killed_session(tmp_path):
     assert len([o for o in shown if o.output_type == "display_data" and "image/png" in o.get("data", {})]) == 1
 
 
+def fit_outputs(nb):
+    cell = next(c for c in nb.cells if c.cell_type == "code" and "result = fit(config)" in c.source)
+    return cell.outputs
+
+
 def test_own_dataset_tutorial_runs(tmp_path):
     nb = run_notebook("own_dataset.ipynb", tmp_path)
     run = tmp_path / "drive" / "MyDrive" / "har_colab" / "runs" / "smoke_own_dataset"
     assert len(list(csv.DictReader(open(run / "metrics.csv")))) == 2
     assert "video accuracy" in outputs(nb)
+    # Run all again on the finished run: nothing trains, the final curves show, the hint speaks Python
+    nb = run_notebook("own_dataset.ipynb", tmp_path)
+    shown = fit_outputs(nb)
+    text = "".join(o.get("text", "") for o in shown if o.output_type == "stream")
+    assert "already trained 2/2 epochs" in text and "epochs=3 or more" in text and "--epochs" not in text, text
+    assert any("image/png" in o.get("data", {}) for o in shown if o.output_type == "display_data")
+    assert len(list(csv.DictReader(open(run / "metrics.csv")))) == 2

@@ -77,6 +77,32 @@ def test_pyav_decodes_only_what_it_needs(videos):
         assert first_key > 100
 
 
+def test_non_utf8_metadata_opens_with_every_backend(tmp_path):
+    "A title tag that is not UTF-8 (PyAV 18 raised on it without metadata_errors, an argument PyAV 19 removed)."
+    path = tmp_path/"meta.mp4"
+    with av.open(str(path), "w") as c:
+        c.metadata["title"] = "QQQQQQQQ"
+        s = c.add_stream("mpeg4", rate=25); s.width, s.height, s.pix_fmt = 64, 48, "yuv420p"
+        for i in range(5):
+            for p in s.encode(av.VideoFrame.from_ndarray(np.full((48, 64, 3), 40 * i, np.uint8), format="rgb24")): c.mux(p)
+        for p in s.encode(): c.mux(p)
+    b = path.read_bytes(); assert b.count(b"QQQQQQQQ") == 1
+    path.write_bytes(b.replace(b"QQQQQQQQ", b"\xff\xfe\xc3\x28\xa0\xa1\xe2\x28"))
+    ref = read_frames(path, [4, 0], "decord")
+    for b in BACKENDS:
+        assert probe(path, b).frames == 5, b
+        assert torch.equal(read_frames(path, [4, 0], b), ref), b
+
+
+def test_same_seed_same_dataset_bytes(tmp_path):
+    "Two generations with one seed are byte-identical (x264's mbtree made about 9 of these 40 files differ)."
+    a = make_synthetic_dataset(tmp_path/"a", classes=4, videos_per_class=10, frames=20)
+    b = make_synthetic_dataset(tmp_path/"b", classes=4, videos_per_class=10, frames=20)
+    files = sorted(p.relative_to(a) for p in a.rglob("*.mp4"))
+    assert len(files) == 40 and files == sorted(p.relative_to(b) for p in b.rglob("*.mp4"))
+    assert [f for f in files if (a/f).read_bytes() != (b/f).read_bytes()] == []
+
+
 def test_unknown_backend():
     with pytest.raises(DataError, match="decord, torchcodec, pyav"): probe("x.mp4", "opencv")
 
@@ -164,6 +190,26 @@ def test_clip_dataset_skips_bad_videos_with_workers(dataset_with_bad_files):
     assert len(w) == 0                                   # already in the log: not warned again
     bad = samples.paths.index(str(tmp/"bad_zero_byte.mp4"))
     assert torch.equal(ds[bad, 1][0], ds[bad + 1, 1][0])  # a bad video's item is the next good one's
+
+
+def test_backend_fallback_is_reported_once_per_run(tmp_path, monkeypatch):
+    "A chosen backend that fails on every video (PyAV 19 did on an older har_colab): one line, one warning, all workers."
+    import har_colab.video as video
+    class Broken(video.PyAVVideo):
+        def _open(self): raise DataError(f"cannot decode {self.path}: open() got an unexpected keyword argument")
+    monkeypatch.setitem(video.BACKENDS, "pyav", Broken)             # DataLoader workers fork with it
+    warned = tmp_path/"warned.txt"                                  # warnings of every worker process, one per line
+    monkeypatch.setattr("har_colab.clips.warnings", types.SimpleNamespace(warn=lambda m, *a, **k: open(warned, "a").write(m + "\n")))
+    root = make_synthetic_dataset(tmp_path/"motion", classes=2, videos_per_class=6, frames=16)
+    paths = sorted(str(p) for p in root.rglob("*.mp4"))
+    samples, run = Samples(paths, [int("/left/" in p) for p in paths], ["right", "left"]), tmp_path/"run"
+    for session in range(2):                                        # a resumed session adds no line either
+        ds = ClipDataset(samples, SPEC, train=True, backend="pyav", run_dir=run)
+        dl = torch.utils.data.DataLoader(ds, batch_size=3, num_workers=2)
+        assert sum(len(y) for _, y in dl) == len(paths)                 # every video decoded, by decord
+    log = (run/"events.log").read_text()
+    assert log.count("video backend fallback pyav -> decord:") == 1 and "skipped bad video" not in log, log
+    assert warned.read_text().count("video backend fallback") == 1    # one warning in all workers and sessions
 
 
 def test_clip_dataset_warns_without_run_dir(dataset_with_bad_files):
