@@ -23,7 +23,7 @@ from .core import (ConfigError, DataError, HarError, amp_dtype, atomic_write_jso
                             resolve_device, seed_everything)
 from .datasets import Samples, load_samples, subset, train_val_split
 from .clips import ClipDataset
-from .models import check_input, count_parameters, create_model, get_spec
+from .models import check_available, check_input, count_parameters, create_model, get_spec, lr_scales
 from .checkpoint import (FORMAT_VERSION, RunFolder, find_checkpoint, get_rng_state, load_checkpoint, set_rng_state)
 from .distributed import (all_reduce_sum, barrier, broadcast_buffers, init_distributed, is_distributed, is_main, rank,
                                    shard, stop_requests, worker_ignore_signals, world_size, wrap_model)
@@ -48,7 +48,7 @@ class TrainConfig:
     val_fraction: float = _f(0.2, "held-out fraction per class when the format has no test split (folder)")
     model: str = _f("r3d_18", "model name (har-colab models lists them)")
     pretrained: bool = _f(True, "start from Kinetics-400 weights")
-    freeze: str = _f("none", "what to freeze", choices=("none", "backbone", "all_but_last_k", "all"))
+    freeze: str = _f(None, "what to freeze (default: the model's recipe, else none)", choices=("none", "backbone", "all_but_last_k", "all"))
     freeze_k: int = _f(1, "with freeze=all_but_last_k: how many top-level blocks train")
     frames: int = _f(None, "frames per clip (default: the model's)")
     epochs: int = _f(10, "total epochs (may be raised when resuming)")
@@ -56,9 +56,11 @@ class TrainConfig:
     accumulate: int = _f(1, "gradient accumulation: batch_size is split into this many micro-batches")
     lr: float = _f(None, "peak learning rate (default: the model's fine-tuning LR)")
     optimizer: str = _f(None, "optimizer (default: the model's)", choices=("adamw", "sgd"))
-    weight_decay: float = _f(0.05, "weight decay")
+    weight_decay: float = _f(None, "weight decay (default: the model's recipe, else 0.05)")
     momentum: float = _f(0.9, "SGD momentum")
-    warmup_epochs: float = _f(1.0, "linear warmup, then cosine decay (stepped per iteration)")
+    warmup_epochs: float = _f(None, "linear warmup, then cosine decay (stepped per iteration; default: the model's recipe, else 1)")
+    layer_decay: float = _f(None, "layer-wise LR decay of ViT blocks, e.g. 0.75 (default: the model's recipe, else none; 1: off)")
+    drop_path: float = _f(None, "stochastic depth of the last block (default: the model's recipe, else none; 0: off)")
     label_smoothing: float = _f(0.1, "label smoothing of the cross-entropy loss")
     clip_grad: float = _f(1.0, "gradient norm clipping (0: off)")
     amp: str = _f("auto", "mixed precision", choices=("auto", "off", "fp16", "bf16"))
@@ -105,19 +107,24 @@ def resolve_config(cfg:TrainConfig) -> TrainConfig:
     if cfg.lr is None: cfg.lr = spec.lr
     if cfg.optimizer is None: cfg.optimizer = spec.optimizer
     if cfg.frames is None: cfg.frames = spec.frames
+    for name, default in (("freeze", "none"), ("weight_decay", 0.05), ("warmup_epochs", 1.0), ("layer_decay", None), ("drop_path", None)):
+        if getattr(cfg, name) is None: setattr(cfg, name, default if getattr(spec, name) is None else getattr(spec, name))
     checks = [("epochs", cfg.epochs >= 1, ">= 1"), ("batch_size", cfg.batch_size >= 1, ">= 1"),
               ("accumulate", cfg.accumulate >= 1 and cfg.batch_size % cfg.accumulate == 0, "a divisor of batch_size"),
               ("lr", cfg.lr > 0, "> 0"), ("subset", 0 < cfg.subset <= 1, "in (0, 1]"), ("frames", cfg.frames >= 1, ">= 1"),
               ("val_fraction", 0 <= cfg.val_fraction < 1, "in [0, 1)"), ("split", cfg.split in (1, 2, 3), "1, 2 or 3"),
               ("eval_clips", cfg.eval_clips >= 1, ">= 1"), ("min_crop_area", 0 < cfg.min_crop_area <= 1, "in (0, 1]"), ("workers", cfg.workers >= 0, ">= 0"),
               ("label_smoothing", 0 <= cfg.label_smoothing < 1, "in [0, 1)"), ("keep", cfg.keep >= 1, ">= 1"),
-              ("save_every_minutes", cfg.save_every_minutes > 0, "> 0"), ("warmup_epochs", cfg.warmup_epochs >= 0, ">= 0")]
+              ("save_every_minutes", cfg.save_every_minutes > 0, "> 0"), ("warmup_epochs", cfg.warmup_epochs >= 0, ">= 0"),
+              ("weight_decay", cfg.weight_decay >= 0, ">= 0"), ("layer_decay", cfg.layer_decay is None or 0 < cfg.layer_decay <= 1, "in (0, 1]"),
+              ("drop_path", cfg.drop_path is None or 0 <= cfg.drop_path < 1, "in [0, 1)")]
     for name, ok, want in checks:
         if not ok: raise ConfigError(f"{name}={getattr(cfg, name)!r}; it must be {want}")
     if spec.exact_frames and cfg.frames != spec.frames:
         raise ConfigError(f"{spec.name} needs exactly {spec.frames} frames; set frames={spec.frames} or pick another model")
     if cfg.pretrained and not spec.weights_url:
         raise ConfigError(f"{spec.name} has no pretrained weights; add --no-pretrained (pretrained=False)")
+    check_available(spec)                                    # its optional package (transformers) is installed
     return cfg
 
 def config_diff(saved:dict, new:dict) -> list:
@@ -154,11 +161,15 @@ def lr_factor(step:int, warmup_steps:int, total_steps:int, final:float=0.01) -> 
     return final + (1 - final) * 0.5 * (1 + math.cos(math.pi * progress))
 
 def make_optimizer(model:nn.Module, cfg:TrainConfig) -> torch.optim.Optimizer:
-    "AdamW or SGD over the trainable parameters; no weight decay on norms and biases."
-    params = [p for p in model.parameters() if p.requires_grad]
-    decay = [p for p in params if p.dim() > 1]; no_decay = [p for p in params if p.dim() <= 1]
-    groups = [{"params": decay, "weight_decay": cfg.weight_decay}, {"params": no_decay, "weight_decay": 0.0}]
-    groups = [g for g in groups if g["params"]] or [{"params": [nn.Parameter(torch.zeros(1))], "weight_decay": 0.0}]
+    "AdamW or SGD over the trainable parameters; no weight decay on norms and biases; layer-wise LR decay when set."
+    scales = lr_scales(model, get_spec(cfg.model), getattr(cfg, "layer_decay", None))
+    wd = 0.05 if cfg.weight_decay is None else cfg.weight_decay
+    by = {}
+    for n, p in model.named_parameters():
+        if p.requires_grad: by.setdefault((scales[n], p.dim() > 1), []).append(p)
+    groups = [{"params": ps, "weight_decay": wd if decay else 0.0, "lr": cfg.lr * sc}
+              for (sc, decay), ps in sorted(by.items(), key=lambda kv: (-kv[0][0], not kv[0][1]))]
+    groups = groups or [{"params": [nn.Parameter(torch.zeros(1))], "weight_decay": 0.0}]
     if cfg.optimizer == "sgd": return torch.optim.SGD(groups, lr=cfg.lr, momentum=cfg.momentum, nesterov=True)
     return torch.optim.AdamW(groups, lr=cfg.lr)
 
@@ -511,7 +522,9 @@ def fit(config:TrainConfig, callbacks=None, echo=print) -> FitResult:
     spec = get_spec(cfg.model)
     from har_colab.models import create_model
     model = create_model(cfg.model, train_s.num_classes, pretrained=cfg.pretrained and state is None,
-                         freeze=cfg.freeze, k=cfg.freeze_k, weights_dir=cfg.weights_dir)
+                         freeze=cfg.freeze, k=cfg.freeze_k, weights_dir=cfg.weights_dir, drop_path=cfg.drop_path)
+    report = getattr(model, "har_load_report", None)
+    if report is not None: run.log(str(report), echo)       # which pretrained tensors loaded, and what did not
     model.to(device)
     preflight(model, spec, cfg.frames, train_s.num_classes, device)
     cache = None
@@ -573,7 +586,7 @@ def evaluate_run(run_dir, checkpoint:str="best", clips:int|None=None, data=None,
     if data: cfg.data = str(data)
     _, val_s = samples_from_saved(st["samples"], cfg.data)
     spec, dev = get_spec(cfg.model), resolve_device(device)
-    model = create_model(cfg.model, len(st["class_names"]), pretrained=False)
+    model = create_model(cfg.model, len(st["class_names"]), pretrained=False, weights_dir=cfg.weights_dir)
     model.load_state_dict(st["model"]); model.to(dev)
     K = clips or cfg.eval_clips
     ds = ClipDataset(val_s, spec, train=False, clips_per_video=K, backend=cfg.backend, seed=cfg.seed, frames=cfg.frames,
