@@ -21,16 +21,16 @@ from torch import nn
 from .core import HarError, resolve_device, seed_everything
 from .datasets import Samples
 from .clips import ClipDataset
-from .models import count_parameters, create_model, get_spec
+from .models import LoadReport, count_parameters, create_model, get_spec, load_report
 from .train import Callback, TrainConfig, build_samples, resolve_config
 
 # %% auto #0
 __all__ = ['STATUSES', 'CAUSE_ORDER', 'SECTIONS', 'Finding', 'DoctorReport', 'check_class_counts', 'file_fingerprint',
            'check_leakage', 'check_labels', 'read_clips', 'check_decoding', 'motion_descriptor', 'knn_agreement',
            'check_label_consistency', 'as_bcthw', 'check_layout', 'check_input_stats', 'check_temporal',
-           'save_clip_grid', 'check_parameters', 'check_initial_loss', 'check_gradients', 'make_doctor_optimizer',
-           'LRRangeResult', 'lr_range_test', 'check_lr', 'plot_lr_range', 'overfit_batch', 'check_overfit',
-           'history_findings', 'read_history', 'DoctorCallback', 'doctor']
+           'save_clip_grid', 'check_parameters', 'check_pretrained', 'check_initial_loss', 'check_gradients',
+           'make_doctor_optimizer', 'LRRangeResult', 'lr_range_test', 'check_lr', 'plot_lr_range', 'overfit_batch',
+           'check_overfit', 'history_findings', 'read_history', 'DoctorCallback', 'doctor']
 
 # %% ../nbs/60_doctor.ipynb #0df32a70
 STATUSES = ("pass", "warn", "fail")
@@ -342,6 +342,13 @@ def check_parameters(model:nn.Module, spec=None) -> Finding:
                        "the new head must train: freeze the backbone only (--freeze backbone)", "model")
     return Finding("trainable parameters", "pass", ev, section="model")
 
+# %% ../nbs/60_doctor.ipynb #7e1d4b08
+def check_pretrained(report:LoadReport) -> Finding:
+    "Did the pretrained weights load? Any tensor left out, left at zero or misshapen fails, with the loader's fix."
+    if report.ok: return Finding("pretrained weights", "pass", report.summary(), section="model")
+    return Finding("pretrained weights", "fail", report.summary(), report.advice or
+                   "delete the cached weights to download them again, and check the versions of torchvision/pytorchvideo/transformers", "model")
+
 # %% ../nbs/60_doctor.ipynb #c74b2c4a
 def check_initial_loss(model:nn.Module, x:torch.Tensor, y:torch.Tensor, num_classes:int, tolerance:float=1.0) -> Finding:
     "Cross-entropy of the untrained model on batch `(x, y)` (eval mode) vs ln(num_classes)."
@@ -579,8 +586,9 @@ def doctor(config:TrainConfig, run_dir=None, checks=None, *, samples_override=No
     C = len(train.class_names)
 
     model = model_override if model_override is not None else create_model(
-        cfg.model, C, pretrained=cfg.pretrained, freeze=cfg.freeze, k=cfg.freeze_k)
+        cfg.model, C, pretrained=cfg.pretrained, freeze=cfg.freeze, k=cfg.freeze_k, weights_dir=cfg.weights_dir)
     model = model.to(device)
+    loaded = getattr(model, "har_load_report", None)    # set by create_model when pretrained weights were loaded
     head = _head(model, spec); head_size = getattr(head, "out_features", None)
 
     if "data" in sections:
@@ -598,6 +606,7 @@ def doctor(config:TrainConfig, run_dir=None, checks=None, *, samples_override=No
             findings.append(check_label_consistency(desc, [both.labels[i] for i in idx], list(train.class_names),
                                                     [both.paths[i] for i in idx]))
 
+    if "model" in sections and loaded is not None: findings.append(check_pretrained(loaded))
     need_batches = sections & {"input", "model", "optimisation"}
     if need_batches:
         ds = ClipDataset(train, spec, train=True, backend=cfg.backend, seed=cfg.seed, hflip=cfg.hflip, frames=cfg.frames,
