@@ -33,7 +33,7 @@ setuptools.setup(
     packages=setuptools.find_packages(include=['har_colab', 'har_colab.*']),
     include_package_data=True,
     install_requires=reqs('requirements'),
-    extras_require={'dev': reqs('dev_requirements'), 'torchcodec': ['torchcodec']},
+    extras_require={'dev': reqs('dev_requirements'), 'torchcodec': ['torchcodec'], 'hf': reqs('hf_requirements')},
     dependency_links=cfg.get('dep_links', '').split(),
     python_requires='>=' + min_python,
     long_description=long_description,

@@ -68,7 +68,7 @@ def samples_from_saved(d:dict, data_root,
 def build_model(cfg:TrainConfig, num_classes:int, pretrained:bool|None=None) -> nn.Module:
     "`cfg.model` with a `num_classes` head: pretrained (default: `cfg.pretrained`), then frozen as `cfg.freeze` says."
     return create_model(cfg.model, num_classes, pretrained=cfg.pretrained if pretrained is None else pretrained,
-                        freeze=cfg.freeze, k=cfg.freeze_k, weights_dir=cfg.weights_dir)
+                        freeze=cfg.freeze, k=cfg.freeze_k, weights_dir=cfg.weights_dir, drop_path=cfg.drop_path)
 
 def build_cache(cfg:TrainConfig, paths, log=None) -> ClipCache|None:
     "The decoded-clip cache of `cfg` for `paths` (None when `cfg.cache` is 'none'); its size plan goes to `log`."
@@ -103,7 +103,8 @@ class SavedRun:
     def class_names(self) -> list: return list(self.state["class_names"])
     def model(self, device="cpu") -> nn.Module:
         "The run's model with the checkpoint's weights, in eval mode on `device`."
-        model = create_model(self.config.model, len(self.class_names), pretrained=False)
+        # weights_dir: a Hugging Face model rebuilds the architecture of the cached checkpoint it started from
+        model = create_model(self.config.model, len(self.class_names), pretrained=False, weights_dir=self.config.weights_dir)
         weights = dict(self.state["model"])
         torch.nn.modules.utils.consume_prefix_in_state_dict_if_present(weights, "module.")
         model.load_state_dict(weights)

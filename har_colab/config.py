@@ -9,7 +9,7 @@ import dataclasses
 from dataclasses import dataclass, field
 
 from .core import ConfigError
-from .models import get_spec
+from .models import check_available, get_spec
 
 # %% auto #0
 __all__ = ['MAY_CHANGE_ON_RESUME', 'TrainConfig', 'resolve_config', 'config_diff', 'config_from_dict', 'check_batch_size']
@@ -29,7 +29,7 @@ class TrainConfig:
     val_fraction: float = _f(0.2, "held-out fraction per class when the format has no test split (folder)")
     model: str = _f("r3d_18", "model name (har-colab models lists them)")
     pretrained: bool = _f(True, "start from Kinetics-400 weights")
-    freeze: str = _f("none", "what to freeze", choices=("none", "backbone", "all_but_last_k", "all"))
+    freeze: str = _f(None, "what to freeze (default: the model's recipe, else none)", choices=("none", "backbone", "all_but_last_k", "all"))
     freeze_k: int = _f(1, "with freeze=all_but_last_k: how many top-level blocks train")
     frames: int = _f(None, "frames per clip (default: the model's)")
     epochs: int = _f(10, "total epochs (may be raised when resuming)")
@@ -37,9 +37,11 @@ class TrainConfig:
     accumulate: int = _f(1, "gradient accumulation: batch_size is split into this many micro-batches")
     lr: float = _f(None, "peak learning rate (default: the model's fine-tuning LR)")
     optimizer: str = _f(None, "optimizer (default: the model's)", choices=("adamw", "sgd"))
-    weight_decay: float = _f(0.05, "weight decay")
+    weight_decay: float = _f(None, "weight decay (default: the model's recipe, else 0.05)")
     momentum: float = _f(0.9, "SGD momentum")
-    warmup_epochs: float = _f(1.0, "linear warmup, then cosine decay (stepped per iteration)")
+    warmup_epochs: float = _f(None, "linear warmup, then cosine decay (stepped per iteration; default: the model's recipe, else 1)")
+    layer_decay: float = _f(None, "layer-wise LR decay of ViT blocks, e.g. 0.75 (default: the model's recipe, else none; 1: off)")
+    drop_path: float = _f(None, "stochastic depth of the last block (default: the model's recipe, else none; 0: off)")
     label_smoothing: float = _f(0.1, "label smoothing of the cross-entropy loss")
     clip_grad: float = _f(1.0, "gradient norm clipping (0: off)")
     amp: str = _f("auto", "mixed precision", choices=("auto", "off", "fp16", "bf16"))
@@ -88,19 +90,24 @@ def resolve_config(cfg:TrainConfig) -> TrainConfig:
     if cfg.lr is None: cfg.lr = spec.lr
     if cfg.optimizer is None: cfg.optimizer = spec.optimizer
     if cfg.frames is None: cfg.frames = spec.frames
+    for name, default in (("freeze", "none"), ("weight_decay", 0.05), ("warmup_epochs", 1.0), ("layer_decay", None), ("drop_path", None)):
+        if getattr(cfg, name) is None: setattr(cfg, name, default if getattr(spec, name) is None else getattr(spec, name))
     checks = [("epochs", cfg.epochs >= 1, ">= 1"), ("batch_size", cfg.batch_size >= 1, ">= 1"),
               ("accumulate", cfg.accumulate >= 1 and cfg.batch_size % cfg.accumulate == 0, "a divisor of batch_size"),
               ("lr", cfg.lr > 0, "> 0"), ("subset", 0 < cfg.subset <= 1, "in (0, 1]"), ("frames", cfg.frames >= 1, ">= 1"),
               ("val_fraction", 0 <= cfg.val_fraction < 1, "in [0, 1)"), ("split", cfg.split in (1, 2, 3), "1, 2 or 3"),
               ("eval_clips", cfg.eval_clips >= 1, ">= 1"), ("min_crop_area", 0 < cfg.min_crop_area <= 1, "in (0, 1]"), ("workers", cfg.workers >= 0, ">= 0"),
               ("label_smoothing", 0 <= cfg.label_smoothing < 1, "in [0, 1)"), ("keep", cfg.keep >= 1, ">= 1"),
-              ("save_every_minutes", cfg.save_every_minutes >= 0, ">= 0"), ("warmup_epochs", cfg.warmup_epochs >= 0, ">= 0")]
+              ("save_every_minutes", cfg.save_every_minutes >= 0, ">= 0"), ("warmup_epochs", cfg.warmup_epochs >= 0, ">= 0"),
+              ("weight_decay", cfg.weight_decay >= 0, ">= 0"), ("layer_decay", cfg.layer_decay is None or 0 < cfg.layer_decay <= 1, "in (0, 1]"),
+              ("drop_path", cfg.drop_path is None or 0 <= cfg.drop_path < 1, "in [0, 1)")]
     for name, ok, want in checks:
         if not ok: raise ConfigError(f"{name}={getattr(cfg, name)!r}; it must be {want}")
     if spec.exact_frames and cfg.frames != spec.frames:
         raise ConfigError(f"{spec.name} needs exactly {spec.frames} frames; set frames={spec.frames} or pick another model")
     if cfg.pretrained and not spec.weights_url:
         raise ConfigError(f"{spec.name} has no pretrained weights; add --no-pretrained (pretrained=False)")
+    check_available(spec)                                    # its optional package (transformers) is installed
     return cfg
 
 def config_diff(saved:dict, new:dict) -> list:

@@ -21,7 +21,7 @@ from torch import nn
 from .core import ConfigError, HarError, resolve_device, seed_everything
 from .datasets import Samples
 from .clips import ClipDataset
-from .models import count_parameters, create_model, get_spec
+from .models import LoadReport, count_parameters, create_model, get_spec, load_report
 from .events import Callback
 from .config import TrainConfig, check_batch_size, resolve_config
 from .build import build_model, build_samples, clip_dataset
@@ -30,9 +30,9 @@ from .build import build_model, build_samples, clip_dataset
 __all__ = ['STATUSES', 'CAUSE_ORDER', 'SECTIONS', 'Finding', 'DoctorReport', 'check_class_counts', 'check_training_setup',
            'file_fingerprint', 'check_leakage', 'check_labels', 'read_clips', 'check_decoding', 'motion_descriptor',
            'knn_agreement', 'check_label_consistency', 'as_bcthw', 'check_layout', 'check_input_stats',
-           'check_temporal', 'save_clip_grid', 'check_parameters', 'check_initial_loss', 'check_gradients',
-           'make_doctor_optimizer', 'LRRangeResult', 'lr_range_test', 'check_lr', 'plot_lr_range', 'overfit_batch',
-           'check_overfit', 'history_findings', 'read_history', 'DoctorCallback', 'doctor']
+           'check_temporal', 'save_clip_grid', 'check_parameters', 'check_pretrained', 'check_initial_loss',
+           'check_gradients', 'make_doctor_optimizer', 'LRRangeResult', 'lr_range_test', 'check_lr', 'plot_lr_range',
+           'overfit_batch', 'check_overfit', 'history_findings', 'read_history', 'DoctorCallback', 'doctor']
 
 # %% ../nbs/60_doctor.ipynb #0df32a70
 STATUSES = ("pass", "warn", "fail")
@@ -356,6 +356,13 @@ def check_parameters(model:nn.Module, spec=None) -> Finding:
                        "the new head must train: freeze the backbone only (--freeze backbone)", "model")
     return Finding("trainable parameters", "pass", ev, section="model")
 
+# %% ../nbs/60_doctor.ipynb #7e1d4b08
+def check_pretrained(report:LoadReport) -> Finding:
+    "Did the pretrained weights load? Any tensor left out, left at zero or misshapen fails, with the loader's fix."
+    if report.ok: return Finding("pretrained weights", "pass", report.summary(), section="model")
+    return Finding("pretrained weights", "fail", report.summary(), report.advice or
+                   "delete the cached weights to download them again, and check the versions of torchvision/pytorchvideo/transformers", "model")
+
 # %% ../nbs/60_doctor.ipynb #c74b2c4a
 def check_initial_loss(model:nn.Module, x:torch.Tensor, y:torch.Tensor, num_classes:int, tolerance:float=1.0) -> Finding:
     "Cross-entropy of the untrained model on batch `(x, y)` (eval mode) vs ln(num_classes)."
@@ -594,6 +601,7 @@ def doctor(config:TrainConfig, run_dir=None, checks=None, *, samples_override=No
 
     model = model_override if model_override is not None else build_model(cfg, C)
     model = model.to(device)
+    loaded = getattr(model, "har_load_report", None)    # set by create_model when pretrained weights were loaded
     head = _head(model, spec); head_size = getattr(head, "out_features", None)
 
     if "data" in sections:
@@ -612,6 +620,7 @@ def doctor(config:TrainConfig, run_dir=None, checks=None, *, samples_override=No
             findings.append(check_label_consistency(desc, [both.labels[i] for i in idx], list(train.class_names),
                                                     [both.paths[i] for i in idx]))
 
+    if "model" in sections and loaded is not None: findings.append(check_pretrained(loaded))
     need_batches = sections & {"input", "model", "optimisation"}
     if need_batches:
         ds = clip_dataset(cfg, train, train=True, normalize=True)

@@ -5,9 +5,15 @@
 # %% ../nbs/20_models.ipynb #a4975799
 from __future__ import annotations
 
+import hashlib
+import importlib.util
+import logging
 import os
+import re
 import sys
-from dataclasses import dataclass
+import warnings
+from collections import Counter, defaultdict
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Callable
 
@@ -18,10 +24,11 @@ from .core import ConfigError, ShapeError
 from .env import in_colab
 
 # %% auto #0
-__all__ = ['MODELS', 'FREEZE_MODES', 'ModelSpec', 'register', 'list_models', 'get_spec', 'Tiny3D',
-           'pytorchvideo_transforms_compat', 'pack_pathways', 'SlowFast', 'get_head', 'head_classes', 'set_head',
-           'model_blocks', 'freeze_layers', 'count_parameters', 'weights_cache_dir', 'load_pretrained', 'create_model',
-           'check_input', 'models_table', 'count_macs', 'count_gflops', 'inspect_model']
+__all__ = ['MODELS', 'FREEZE_MODES', 'ModelSpec', 'register', 'list_models', 'get_spec', 'missing_extra', 'check_available',
+           'Tiny3D', 'pytorchvideo_transforms_compat', 'pack_pathways', 'SlowFast', 'get_head', 'head_classes',
+           'set_head', 'model_blocks', 'freeze_layers', 'count_parameters', 'set_drop_path', 'lr_scales',
+           'weights_cache_dir', 'load_pretrained', 'LoadReport', 'load_report', 'create_model', 'check_input',
+           'models_table', 'count_macs', 'count_gflops', 'inspect_model']
 
 # %% ../nbs/20_models.ipynb #4e7c69fb
 @dataclass(frozen=True)
@@ -54,6 +61,16 @@ class ModelSpec:
     blocks: tuple = ()             # backbone stages in order, for freeze='all_but_last_k'
     tail: tuple = ()               # modules between the last stage and the head (train with the last k stages)
     weights: str = ""              # the library's name for the weights (e.g. 'R3D_18_Weights.KINETICS400_V1')
+    layer_decay: float = None      # layer-wise LR decay: stem 0, blocks 1..n, head n+1 trains at lr * layer_decay**(n+1-i)
+    drop_path: float = None        # stochastic depth: block i of n is skipped with probability drop_path * i/(n-1) in training
+    warmup_epochs: float = None    # the recipe's warmup (None: the loop's default, 1 epoch)
+    weight_decay: float = None     # the recipe's weight decay (None: the loop's default, 0.05)
+    freeze: str = None             # the recipe's freeze mode (None: 'none'), e.g. 'backbone' for an attentive probe
+    head_with: tuple = ()          # modules that train whenever the head does (a new attentive pooler)
+    needs: str = ""                # an optional package the model needs (import name), e.g. 'transformers'
+    extra: str = ""                # the extra that installs it: pip install har_colab[extra]
+    load: Callable = None          # load(weights_dir, pretrained) -> model with its checkpoint's head (own loader; see create_model)
+    grad_checkpointing: Callable = None  # grad_checkpointing(model): recompute activations in backward to save memory
 
     def input_shape(self, batch:int=1, frames:int|None=None, size:int|None=None) -> tuple:
         "The batch shape this model takes: `(B, 3, T, crop, crop)`."
@@ -76,6 +93,19 @@ def get_spec(name:str) -> ModelSpec:
     close = difflib.get_close_matches(str(name), list(MODELS), n=3, cutoff=0.6)
     if close: raise ConfigError(f"unknown model {name!r}; did you mean {' or '.join(close)}? (har-colab models lists them all)")
     raise ConfigError(f"unknown model {name!r}; choose one of: {', '.join(MODELS)}")
+
+def missing_extra(spec:ModelSpec) -> str:
+    "'' when the optional package `spec` needs is installed (looked up, not imported), else the one-line fix."
+    if not spec.needs: return ""
+    try: found = importlib.util.find_spec(spec.needs) is not None
+    except (ImportError, ValueError): found = False
+    return "" if found else f"{spec.name} needs the {spec.needs} package, which is not installed: pip install har_colab[{spec.extra}]"
+
+def check_available(spec:ModelSpec) -> ModelSpec:
+    "`spec`, or a one-line `ConfigError` when the optional package it needs is missing."
+    msg = missing_extra(spec)
+    if msg: raise ConfigError(msg)
+    return spec
 
 # %% ../nbs/20_models.ipynb #e391c643
 def _conv_bn(cin, cout, kernel, stride, padding):
@@ -263,9 +293,10 @@ def freeze_layers(model:nn.Module, spec:ModelSpec, mode:str="none", k:int=1) -> 
             raise ConfigError(f"freeze_k={k}; {spec.name} has {len(blocks)} stages ({blocks[0][0]} .. {blocks[-1][0]}): "
                               f"use 1 <= k <= {len(blocks)} with freeze=all_but_last_k")
         train = [m for _, m in blocks[-k:]] + [_get(model, p) for p in spec.tail]
-    if mode in ("backbone", "all_but_last_k"): train.append(get_head(model, spec))
+    if mode in ("backbone", "all_but_last_k"): train += [get_head(model, spec)] + [_get(model, p) for p in spec.head_with]
     for p in model.parameters(): p.requires_grad_(mode == "none")
     for m in train:
+        if m is None: continue                      # a tail the checkpoint's config left out (e.g. no final norm)
         for p in m.parameters(): p.requires_grad_(True)
     return model
 
@@ -273,6 +304,42 @@ def count_parameters(model:nn.Module) -> tuple:
     "(trainable, frozen) parameter counts."
     tr = sum(p.numel() for p in model.parameters() if p.requires_grad)
     return tr, sum(p.numel() for p in model.parameters()) - tr
+
+# %% ../nbs/20_models.ipynb #3c0b9e41
+def _residual_drop(rate:float) -> Callable:
+    "A forward hook that skips its block for a random part of the batch in training (stochastic depth)."
+    def hook(module, args, out):
+        if not module.training or rate <= 0: return None
+        x, y = args[0], (out[0] if isinstance(out, tuple) else out)
+        if x.shape != y.shape:
+            raise ConfigError(f"drop_path needs blocks whose output has their input's shape; {type(module).__name__} "
+                              f"turns {tuple(x.shape)} into {tuple(y.shape)}: set drop_path=0")
+        keep = (torch.rand((x.shape[0],) + (1,) * (x.dim() - 1), device=x.device) >= rate).to(y.dtype)
+        y = x + (y - x) * keep / (1 - rate)
+        return (y, *out[1:]) if isinstance(out, tuple) else y
+    return hook
+
+def set_drop_path(model:nn.Module, spec:ModelSpec, rate:float) -> nn.Module:
+    "Stochastic depth over `spec`'s blocks: block i of n is skipped with probability rate*i/(n-1) in training."
+    if not 0 <= rate < 1: raise ConfigError(f"drop_path={rate}; use 0 <= drop_path < 1")
+    blocks = model_blocks(model, spec)
+    for i, (_, m) in enumerate(blocks):
+        if rate: m.register_forward_hook(_residual_drop(rate * i / max(1, len(blocks) - 1)))
+    model.har_drop_path = rate
+    return model
+
+def lr_scales(model:nn.Module, spec:ModelSpec, layer_decay:float|None) -> dict:
+    "{parameter name: learning-rate factor} under layer-wise decay (all 1 when `layer_decay` is None or 1)."
+    names = [n for n, _ in model.named_parameters()]
+    if not layer_decay or layer_decay == 1: return dict.fromkeys(names, 1.0)
+    blocks = model_blocks(model, spec); n = len(blocks)
+    layer = {}
+    for i, (path, m) in enumerate(blocks):
+        for pn, _ in m.named_parameters(): layer[f"{path}.{pn}"] = i + 1
+    for path in (spec.head, *spec.head_with, *spec.tail):
+        m = _get(model, path)
+        for pn, _ in (m.named_parameters() if m is not None else ()): layer[f"{path}.{pn}"] = n + 1
+    return {k: float(layer_decay) ** (n + 1 - layer.get(k, 0)) for k in names}
 
 # %% ../nbs/20_models.ipynb #2bb4fd15
 def weights_cache_dir(weights_dir=None) -> Path:
@@ -312,23 +379,118 @@ def load_pretrained(model:nn.Module, spec:ModelSpec, weights_dir=None, progress:
     except Exception as e:
         raise ConfigError(f"{path} cannot be read ({type(e).__name__}: {str(e).splitlines()[0][:120] if str(e) else ''}); "
                           f"delete it to download it again") from None
-    try: model.load_state_dict(_state_dict_of(obj, model))
+    sd = _state_dict_of(obj, model)
+    try: model.load_state_dict(sd)
     except RuntimeError as e:
         raise ConfigError(f"{path} does not fit {spec.name} ({str(e).splitlines()[0][:150]}); delete it to download it again") from None
+    model.har_load_report = load_report(model, sd, path, advice=f"delete {path} to download it again")
     return model
 
+# %% ../nbs/20_models.ipynb #9a41b7e3
+@dataclass
+class LoadReport:
+    "What a pretrained load took from the file, found by comparing the model with the file after loading."
+    source: str = ""                                   # the file or hub id
+    total: int = 0                                     # tensors in the model
+    loaded: int = 0                                    # model tensors equal to a file tensor
+    zeroed: list = field(default_factory=list)         # model tensors still all zero where the file's are not
+    differ: list = field(default_factory=list)         # model tensors whose values are not the file's
+    wrong_shape: list = field(default_factory=list)    # 'name: file shape -> model shape'
+    missing: list = field(default_factory=list)        # model tensors the file lacks (left at their initialisation)
+    unexpected: list = field(default_factory=list)     # file tensors with no place in the model (their values are lost)
+    new: list = field(default_factory=list)            # model tensors a checkpoint cannot have (a new head) or omits by design
+    ignored: list = field(default_factory=list)        # file tensors the model leaves out on purpose
+    advice: str = ""                                   # the fix when something did not load, from the loader that knows why
+    @property
+    def faults(self) -> int:
+        return len(self.zeroed) + len(self.differ) + len(self.wrong_shape) + len(self.missing) + len(self.unexpected)
+    @property
+    def ok(self) -> bool: return self.faults == 0
+    def summary(self) -> str:
+        "One line: how many tensors loaded and, by kind, how many did not (the first names of each)."
+        def few(xs): return ", ".join(xs[:2]) + (f" and {len(xs) - 2} more" if len(xs) > 2 else "")
+        head = f"pretrained weights {self.source}: "
+        extra = f" ({len(self.new)} new: {few(self.new)})" if self.new else ""
+        if self.ok: return head + f"all {self.loaded} tensors loaded" + extra
+        parts = [f"{len(xs)} {what} ({few(xs)})" for xs, what in (
+            (self.zeroed, "left at zero though the file has values"), (self.differ, "differ from the file"),
+            (self.wrong_shape, "with a wrong shape"), (self.missing, "missing from the file"),
+            (self.unexpected, "in the file but not loaded")) if xs]
+        return head + f"{self.loaded} of {self.total - len(self.new)} tensors loaded; " + "; ".join(parts) + extra
+    def __str__(self): return self.summary() + (f". Fix: {self.advice}" if self.advice and not self.ok else "")
+
+def _digest(t:torch.Tensor) -> tuple:
+    "Shape and a hash of the values (floats compared as float32, so fp16/bf16 files match their fp32 copies)."
+    t = t.detach().cpu()
+    if t.is_floating_point(): t = t.float()
+    return tuple(t.shape), hashlib.blake2b(t.contiguous().reshape(-1).view(torch.uint8).numpy().tobytes(), digest_size=16).digest()
+
+def load_report(model:nn.Module, file_tensors, source="", renames=(), new=(), ignore=(), zero_ok=(), advice="") -> LoadReport:
+    "Compare `model` after a load with `file_tensors` (a state dict, or a mapping that reads tensors on access)."
+    own = model.state_dict()
+    rep = LoadReport(source=str(source), total=len(own), advice=advice)
+    hit = lambda pats, k: any(re.search(p, k) for p in pats)
+    def target(k):                                      # the model's name for file tensor k, or None
+        for pat, to in renames: k = re.sub(pat, to, k)
+        if k in own: return k
+        longer = [o for o in own if o.endswith("." + k)]           # the model adds a prefix (base model in a task model)
+        if len(longer) == 1: return longer[0]
+        parts = k.split(".")
+        return next((".".join(parts[i:]) for i in range(1, len(parts)) if ".".join(parts[i:]) in own), None)
+    pairs, rest_file = {}, []
+    for k in file_tensors:
+        if hit(ignore, k): rep.ignored.append(k); continue
+        o = target(k)
+        if o is None or o in pairs: rest_file.append(k)
+        else: pairs[o] = k
+    for o, k in pairs.items():
+        mt, ft = own[o], file_tensors[k]
+        if tuple(mt.shape) != tuple(ft.shape): rep.wrong_shape.append(f"{o}: {_fmt(ft.shape)} -> {_fmt(mt.shape)}"); continue
+        ft = ft.to(device=mt.device, dtype=mt.dtype)
+        if torch.equal(mt, ft): rep.loaded += 1
+        elif not mt.any() and ft.any(): rep.zeroed.append(o)
+        else: rep.differ.append(o)
+    rest = [o for o in own if o not in pairs]
+    if rest and rest_file:                              # renamed by the library: the values are still the file's
+        by_value = defaultdict(list)
+        for k in rest_file: by_value[_digest(file_tensors[k])].append(k)
+        still = []
+        for o in rest:
+            ks = by_value.get(_digest(own[o]))
+            if ks: ks.pop(); rep.loaded += 1
+            else: still.append(o)
+        rest, rest_file = still, [k for ks in by_value.values() for k in ks]
+    lost = Counter(tuple(file_tensors[k].shape) for k in rest_file if file_tensors[k].any())
+    for o in rest:
+        t = own[o]
+        if hit(new, o) or (hit(zero_ok, o) and not t.any()): rep.new.append(o)
+        elif not t.any() and lost[tuple(t.shape)] > 0: rep.zeroed.append(o); lost[tuple(t.shape)] -= 1
+        else: rep.missing.append(o)
+    rep.unexpected = rest_file
+    return rep
+
 # %% ../nbs/20_models.ipynb #9e8ac156
-def create_model(name:str, num_classes:int, pretrained:bool=True, freeze:str="none", k:int=1, weights_dir=None) -> nn.Module:
+_log = logging.getLogger("har_colab")
+
+def create_model(name:str, num_classes:int, pretrained:bool=True, freeze:str|None=None, k:int=1, weights_dir=None,
+                 drop_path:float|None=None) -> nn.Module:
     "Model `name` with a `num_classes` head (pretrained weights load first, then the head is swapped)."
-    spec = get_spec(name)
+    spec = check_available(get_spec(name))
     if num_classes < 2: raise ConfigError(f"num_classes={num_classes}; a classifier needs at least 2 classes")
     if pretrained and not spec.weights_url:
         raise ConfigError(f"{name} has no pretrained weights; use pretrained=False (--no-pretrained)")
+    freeze = freeze or spec.freeze or "none"
     if freeze not in FREEZE_MODES: raise ConfigError(f"freeze={freeze!r}; use one of {', '.join(FREEZE_MODES)}")
-    model = spec.builder(400 if pretrained else num_classes)
+    if spec.load: model = spec.load(weights_dir, pretrained)
+    elif pretrained: model = load_pretrained(spec.builder(400), spec, weights_dir)
+    else: model = spec.builder(num_classes)
     if pretrained:
-        load_pretrained(model, spec, weights_dir)
-        set_head(model, spec, num_classes)
+        report = model.har_load_report
+        if report.ok: _log.info(report.summary())
+        else: warnings.warn(str(report), stacklevel=2)
+    if pretrained or spec.load: set_head(model, spec, num_classes)
+    rate = spec.drop_path if drop_path is None else drop_path
+    if rate: set_drop_path(model, spec, rate)
     return freeze_layers(model, spec, freeze, k)
 
 # %% ../nbs/20_models.ipynb #d3486459
@@ -377,8 +539,9 @@ def models_table() -> str:
     rows = [("name", "family", "frames x stride", "crop", "params (M)", "K400 top-1", "lr / optimizer", "note")]
     for s in MODELS.values():
         fr = f"{s.frames} x {s.stride}" + (" exact" if s.exact_frames else "")
+        note = (f"needs har_colab[{s.extra}]; " if missing_extra(s) else "") + s.note
         rows.append((s.name, s.family, fr, str(s.crop), f"{s.params_m:g}" if s.params_m else "-",
-                     f"{s.kinetics_top1:g}" if s.kinetics_top1 else "-", f"{s.lr:g} {s.optimizer}", s.note))
+                     f"{s.kinetics_top1:g}" if s.kinetics_top1 else "-", f"{s.lr:g} {s.optimizer}", note))
     widths = [max(len(r[i]) for r in rows) for i in range(len(rows[0]) - 1)]
     lines = ["  ".join(c.ljust(w) for c, w in zip(r, widths)) + "  " + r[-1] for r in rows]
     lines.insert(1, "  ".join("-" * w for w in widths) + "  " + "-" * 4)
@@ -424,16 +587,17 @@ def inspect_model(name:str, frames:int|None=None, size:int|None=None, depth:int|
     frames, size = int(frames or spec.frames), int(size or spec.crop)
     x = torch.zeros(spec.input_shape(1, frames, size))
     check_input(x, spec, frames, size)
-    model = spec.builder(400).eval()
+    model = check_available(spec).builder(400).eval()
     named = [(n, m) for n, m in model.named_modules() if n]
+    blocks = {n for n, _ in model_blocks(model, spec)}     # a row per stage even when it sits deeper than `depth`
     if depth is None:
-        depth = next((d for d in (3, 2) if sum(n.count(".") < d for n, _ in named) <= 60), 1)
+        depth = next((d for d in (3, 2) if sum(n.count(".") < d or n in blocks for n, _ in named) <= 60), 1)
     rows, open_rows, hooks = [], [], []
     def pre(mod, inp, n):                      # a row per call, in call order: a block comes before its layers
         open_rows.append(len(rows)); rows.append([n, type(mod).__name__, "?", sum(p.numel() for p in mod.parameters())])
     def post(mod, inp, out): rows[open_rows.pop()][2] = _shape_of(out)
     for n, m in named:
-        if n.count(".") < depth:
+        if n.count(".") < depth or n in blocks:
             hooks += [m.register_forward_pre_hook(lambda mod, i, n=n: pre(mod, i, n)), m.register_forward_hook(post)]
     try:
         with torch.no_grad(): out = model(x)
@@ -455,3 +619,6 @@ def inspect_model(name:str, frames:int|None=None, size:int|None=None, depth:int|
     lines += [f"{n:<{w}}  {t:<{tw}}  {s:<{sw}}  {p:>11,}" for n, t, s, p in rows]
     lines.append(f"{'output':<{w}}  {'':<{tw}}  {_shape_of(out):<{sw}}")
     return "\n".join(l.rstrip() for l in lines)
+
+# %% ../nbs/20_models.ipynb #8e3d0a52
+from . import models_hf  # noqa: E402,F401  (registers videomae_s, videomae_b, timesformer_b, vivit_b, vjepa2_vitl)

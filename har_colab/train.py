@@ -23,7 +23,7 @@ from .core import (ConfigError, DataError, HarError, amp_dtype, atomic_write_jso
                             fault_injected, kill_self, resolve_device, seed_everything)
 from .events import EVENTS, Callback, StopTraining
 from .clips import ClipDataset
-from .models import check_input, count_parameters, get_spec
+from .models import check_input, count_parameters, get_spec, lr_scales
 from .checkpoint import FORMAT_VERSION, RunFolder, find_checkpoint, get_rng_state, set_rng_state
 from .config import MAY_CHANGE_ON_RESUME, TrainConfig, check_batch_size, config_diff, resolve_config
 from .build import (RunStart, build_cache, build_model, build_samples, clip_dataset, load_run, open_run,
@@ -64,11 +64,15 @@ def lr_factor(step:int, warmup_steps:int, total_steps:int, final:float=0.01) -> 
     return final + (1 - final) * 0.5 * (1 + math.cos(math.pi * progress))
 
 def make_optimizer(model:nn.Module, cfg:TrainConfig) -> torch.optim.Optimizer:
-    "AdamW or SGD over the trainable parameters; no weight decay on norms and biases."
-    params = [p for p in model.parameters() if p.requires_grad]
-    decay = [p for p in params if p.dim() > 1]; no_decay = [p for p in params if p.dim() <= 1]
-    groups = [{"params": decay, "weight_decay": cfg.weight_decay}, {"params": no_decay, "weight_decay": 0.0}]
-    groups = [g for g in groups if g["params"]] or [{"params": [nn.Parameter(torch.zeros(1))], "weight_decay": 0.0}]
+    "AdamW or SGD over the trainable parameters; no weight decay on norms and biases; layer-wise LR decay when set."
+    scales = lr_scales(model, get_spec(cfg.model), getattr(cfg, "layer_decay", None))
+    wd = 0.05 if cfg.weight_decay is None else cfg.weight_decay
+    by = {}
+    for n, p in model.named_parameters():
+        if p.requires_grad: by.setdefault((scales[n], p.dim() > 1), []).append(p)
+    groups = [{"params": ps, "weight_decay": wd if decay else 0.0, "lr": cfg.lr * sc}
+              for (sc, decay), ps in sorted(by.items(), key=lambda kv: (-kv[0][0], not kv[0][1]))]
+    groups = groups or [{"params": [nn.Parameter(torch.zeros(1))], "weight_decay": 0.0}]
     if cfg.optimizer == "sgd": return torch.optim.SGD(groups, lr=cfg.lr, momentum=cfg.momentum, nesterov=True)
     return torch.optim.AdamW(groups, lr=cfg.lr)
 
@@ -374,6 +378,8 @@ def _fit_run(cfg:TrainConfig, start:RunStart, device, callbacks, echo, cli:bool=
     samples = {"train": train_s.to_dict(), "val": val_s.to_dict()}
     seed_everything(cfg.seed)
     model = build_model(cfg, train_s.num_classes, pretrained=cfg.pretrained and state is None)
+    report = getattr(model, "har_load_report", None)
+    if report is not None: run.log(str(report), echo)       # which pretrained tensors loaded, and what did not
     model.to(device)
     preflight(model, get_spec(cfg.model), cfg.frames, train_s.num_classes, device)
     # one cache for train and val, its size estimated and reported before it is built

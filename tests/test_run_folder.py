@@ -155,8 +155,25 @@ def test_a_lock_whose_heartbeat_stopped_is_taken_over_and_a_live_one_refuses(sma
     assert "no heartbeat for 60 minutes" in events(run) and not (run / "train.lock").exists()
 
 
+def rank_pid(torchrun_pid, rank, timeout=120):
+    "The pid of the worker process with RANK=`rank` started by torchrun `torchrun_pid`."
+    deadline = time.time() + timeout
+    while time.time() < deadline:
+        for d in Path("/proc").iterdir():
+            if not d.name.isdigit(): continue
+            try:
+                ppid = int((d / "stat").read_text().rsplit(")", 1)[1].split()[1])
+                if ppid == torchrun_pid and f"\0RANK={rank}\0".encode() in b"\0" + (d / "environ").read_bytes():
+                    return int(d.name)
+            except (OSError, IndexError, ValueError):
+                continue
+        time.sleep(0.1)
+    raise AssertionError(f"no worker with RANK={rank}")
+
+
+
 def test_under_torchrun_process_0_holds_the_lock(small_data, tmp_path):
-    from test_distributed import command, env, rank_pid
+    from test_distributed import command, env
     run, pause = tmp_path / "run", tmp_path / "pause"
     pause.mkdir()
     p = subprocess.Popen(command(2, train_args(run, small_data, epochs=2)), stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
