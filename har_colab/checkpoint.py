@@ -153,10 +153,11 @@ def link_or_copy(src, dst):
     return dst
 
 # %% ../nbs/30_checkpoint.ipynb #4625218d
-def load_checkpoint(path, map_location="cpu") -> dict:
+def load_checkpoint(path, map_location="cpu",
+                    mmap:bool=False) -> dict:  # True: tensors are read from the file only when used (a quick look at epoch, history)
     "Load and validate a checkpoint; `CheckpointError` when it is unreadable, unsafe or incomplete."
     path = Path(path)
-    try: state = torch.load(path, map_location=map_location, weights_only=True)
+    try: state = torch.load(path, map_location=map_location, weights_only=True, mmap=mmap)
     except pickle.UnpicklingError as e:
         raise CheckpointError(f"{path} is not a plain checkpoint (it would run code or is corrupt): {str(e).splitlines()[0][:160]}") from None
     except Exception as e:
@@ -173,10 +174,10 @@ def checkpoint_candidates(run:RunFolder) -> list:
     c = [run.last] + list(reversed(run.epoch_checkpoints()))
     return [p for p in c if p.exists()]
 
-def find_checkpoint(run:RunFolder, echo=None) -> tuple:
+def find_checkpoint(run:RunFolder, echo=None, mmap:bool=False) -> tuple:
     "(state, path) of the newest checkpoint of `run` that loads, or (None, None)."
     for p in checkpoint_candidates(run):
-        try: return load_checkpoint(p), p
+        try: return load_checkpoint(p, mmap=mmap), p
         except CheckpointError as e: run.log(f"warning: skipped checkpoint {p.name}: {e}", echo)
     return None, None
 
