@@ -296,6 +296,11 @@ def _evaluated(run:RunFolder) -> bool:
     ev = run.root/"eval.json"
     return ev.exists() and (not run.best.exists() or ev.stat().st_mtime >= run.best.stat().st_mtime)
 
+def _read_if_run(path, epochs:int):
+    "`read_run`, or None for a folder that is no (readable) run yet: `fit` starts it, or rewrites what it lacks."
+    try: return read_run(path, epochs)
+    except HarError: return None
+
 def _release():
     "Free what a finished run held (a sweep trains its runs one after another in one process)."
     gc.collect()
@@ -320,7 +325,7 @@ def sweep(root,                      # the sweep's folder: sweep.json, one run f
         return compare_runs(existing, plan.root/"comparison.png", show=False, epochs=epochs, echo=None) if existing else None
     for i, ((model, seed, cfg), name) in enumerate(zip(configs, names)):
         run = RunFolder(cfg.run_dir)
-        info = read_run(run.root, plan.config["epochs"]) if is_run_folder(run.root) else None
+        info = _read_if_run(run.root, plan.config["epochs"])
         if info is not None and info.status == "done":
             if not _evaluated(run): evaluate_run(run.root, data=cfg.data, workers=cfg.workers, device=cfg.device)
             echo(f"sweep {i+1}/{len(configs)} {name}: done, skipped")
@@ -342,5 +347,5 @@ def sweep(root,                      # the sweep's folder: sweep.json, one run f
         if not _evaluated(run): evaluate_run(run.root, data=cfg.data, workers=cfg.workers, device=cfg.device)
         refresh()
     comparison = refresh()
-    states = {n: (read_run(plan.root/n, plan.config["epochs"]).status if is_run_folder(plan.root/n) else "not started") for n in names}
+    states = {n: getattr(_read_if_run(plan.root/n, plan.config["epochs"]), "status", "not started") for n in names}
     return SweepResult(status, reason, plan, states, comparison)
