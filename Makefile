@@ -40,7 +40,7 @@ pytest: setup
 
 test: setup
 	$(PY) .ci/check_sync.py
-	$(BIN)/nbdev_test --n_workers 2 --skip_file_re "^(colab_hmdb51|own_dataset)"
+	$(BIN)/nbdev_test --n_workers 2 --skip_file_re "^(colab_hmdb51|own_dataset|compare_models)"
 	$(PY) -m pytest tests/ -q -m "not slow"
 
 # The Colab twin: our wheel and sdist pip-installed into Python 3.13 with Colab's packages, then the non-slow suite and

@@ -97,10 +97,12 @@ class SavedRun:
     path: Path            # the checkpoint file
     state: dict           # what `load_checkpoint` returned
     config: TrainConfig   # the run's resolved config (with `data` pointing where the videos are now)
-    train: Samples
-    val: Samples
+    train: Samples|None   # None when loaded with samples=False
+    val: Samples|None
     @property
     def class_names(self) -> list: return list(self.state["class_names"])
+    @property
+    def spec(self): return get_spec(self.config.model)
     def model(self, device="cpu") -> nn.Module:
         "The run's model with the checkpoint's weights, in eval mode on `device`."
         # weights_dir: a Hugging Face model rebuilds the architecture of the cached checkpoint it started from
@@ -116,13 +118,14 @@ def checkpoint_path(run:RunFolder, checkpoint:str="best") -> Path:
     if not path.exists(): raise HarError(f"no checkpoint {path}; train first, or pass --checkpoint last / a path")
     return path
 
-def load_run(run_dir, checkpoint:str="best", data=None) -> SavedRun:
+def load_run(run_dir, checkpoint:str="best", data=None,
+             samples:bool=True) -> SavedRun:  # False: not the run's videos (prediction and export need only the model)
     "The checkpoint `checkpoint` of the run in `run_dir` (`data`: the dataset root, when it moved since training)."
     path = checkpoint_path(RunFolder(run_dir), checkpoint)
     state = load_checkpoint(path)
     cfg = config_from_dict(state["config"])
     if data: cfg.data = str(data)
-    train, val = samples_from_saved(state["samples"], cfg.data)
+    train, val = samples_from_saved(state["samples"], cfg.data) if samples else (None, None)
     return SavedRun(path, state, cfg, train, val)
 
 # %% ../nbs/35_build.ipynb #4f0b6a02

@@ -19,8 +19,9 @@ from .events import Callback
 from .config import TrainConfig
 
 # %% auto #0
-__all__ = ['format_epoch', 'ProgressCallback', 'metrics_csv', 'MetricsCallback', 'CheckpointCallback', 'in_notebook',
-           'PlotCallback', 'TimeBudgetCallback', 'SignalCallback', 'default_callbacks']
+__all__ = ['TENSORBOARD_TAGS', 'format_epoch', 'ProgressCallback', 'metrics_csv', 'MetricsCallback', 'CheckpointCallback',
+           'in_notebook', 'PlotCallback', 'tensorboard_scalars', 'summary_writer_class', 'TensorBoardCallback',
+           'TimeBudgetCallback', 'SignalCallback', 'default_callbacks']
 
 # %% ../nbs/41_callbacks.ipynb #97f04f11
 def format_epoch(row:dict, epochs:int) -> str:
@@ -139,6 +140,44 @@ class PlotCallback(Callback):
         if t.history: self.show(t)
     def after_validate(self, t): self.show(t)
 
+# %% ../nbs/41_callbacks.ipynb #3f326c7c
+TENSORBOARD_TAGS = {"train_loss": "loss/train", "val_loss": "loss/val", "train_acc": "accuracy/train",
+                    "val_acc": "accuracy/val_clip", "val_video_acc": "accuracy/val_video", "val_top5": "accuracy/val_top5",
+                    "lr": "lr", "epoch_seconds": "time/epoch_seconds", "train_seconds": "time/train_seconds",
+                    "val_seconds": "time/val_seconds", "data_wait_seconds": "time/data_wait_seconds"}
+
+def tensorboard_scalars(row:dict) -> dict:
+    "TensorBoard tag -> value for a metrics row (the epoch itself is the step)."
+    out = {TENSORBOARD_TAGS.get(k, f"other/{k}"): float(v) for k, v in row.items()
+           if k != "epoch" and isinstance(v, (int, float)) and not isinstance(v, bool)}
+    if row.get("train_seconds") and "data_wait_seconds" in row:    # input-bound share of the training time
+        out["time/input_bound_share"] = float(row["data_wait_seconds"]) / float(row["train_seconds"])
+    return out
+
+def summary_writer_class():
+    "torch's `SummaryWriter`, or None when tensorboard is not installed."
+    try: from torch.utils.tensorboard import SummaryWriter
+    except ImportError: return None
+    return SummaryWriter
+
+class TensorBoardCallback(Callback):
+    "Each epoch's metrics to `RUN/tensorboard/` (step = epoch); a resume purges what a killed session wrote after its checkpoint."
+    order, main_process_only = 25, True
+    def __init__(self): self.writer = None
+    def before_fit(self, t):
+        writer_class = summary_writer_class()
+        if writer_class is None:
+            t.run.log("tensorboard is not installed, so RUN/tensorboard/ is not written (pip install 'har_colab[tensorboard]')")
+            return
+        self.writer = writer_class(log_dir=str(t.run.root/"tensorboard"), purge_step=len(t.history) + 1)
+    def after_validate(self, t):
+        if self.writer is None: return
+        for tag, value in tensorboard_scalars(t.last_metrics).items():
+            self.writer.add_scalar(tag, value, t.last_metrics["epoch"])
+        self.writer.flush()
+    def after_fit(self, t):
+        if self.writer is not None: self.writer.close(); self.writer = None
+
 # %% ../nbs/41_callbacks.ipynb #67b78fad
 class TimeBudgetCallback(Callback):
     "Stops training when `minutes` have passed since `fit` started."
@@ -169,6 +208,7 @@ def default_callbacks(cfg:TrainConfig) -> list:
     cbs = [SignalCallback(), ProgressCallback(cfg.progress), MetricsCallback(),
            CheckpointCallback(cfg.save_every_minutes, cfg.keep), TimeBudgetCallback(cfg.time_budget_minutes)]
     if cfg.plot: cbs.append(PlotCallback())
+    if cfg.tensorboard: cbs.append(TensorBoardCallback())
     from har_colab.doctor import DoctorCallback
     cbs.append(DoctorCallback())
     return cbs

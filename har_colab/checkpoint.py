@@ -260,10 +260,11 @@ def link_or_copy(src, dst) -> Path:
     return _link(Path(src), Path(dst))
 
 # %% ../nbs/30_checkpoint.ipynb #4625218d
-def load_checkpoint(path, map_location="cpu") -> dict:
+def load_checkpoint(path, map_location="cpu",
+                    mmap:bool=False) -> dict:  # True: tensors are read from the file only when used (a quick look at epoch, history)
     "Load and validate a checkpoint; `CheckpointError` when it is unreadable, unsafe or incomplete."
     path = Path(path)
-    try: state = torch.load(path, map_location=map_location, weights_only=True)
+    try: state = torch.load(path, map_location=map_location, weights_only=True, mmap=mmap)
     except pickle.UnpicklingError as e:
         raise CheckpointError(f"{path} is not a plain checkpoint (it would run code or is corrupt): {str(e).splitlines()[0][:160]}") from None
     except Exception as e:
@@ -298,14 +299,15 @@ def checkpoint_candidates(run:RunFolder) -> list:
 def _shown(run:RunFolder, p:Path) -> str:
     return p.name if p.parent == run.checkpoints else str(p)
 
-def find_checkpoint(run:RunFolder, echo=None) -> tuple:
+def find_checkpoint(run:RunFolder, echo=None,
+                    mmap:bool=False) -> tuple:  # True: the state's tensors are read from the file only when used
     "(state, path) of the checkpoint of `run` (or its fallback folder) that got furthest and loads, or (None, None)."
     found = []
     for i, p in enumerate(checkpoint_candidates(run)):
         try: found.append((checkpoint_progress(p), -i, p))
         except CheckpointError as e: run.log(f"warning: skipped checkpoint {_shown(run, p)}: {e}", echo)
     for _, _, p in sorted(found, key=lambda f: f[:2], reverse=True):   # furthest first; on a tie, the earlier candidate
-        try: return load_checkpoint(p), p
+        try: return load_checkpoint(p, mmap=mmap), p
         except CheckpointError as e: run.log(f"warning: skipped checkpoint {_shown(run, p)}: {e}", echo)
     return None, None
 

@@ -97,14 +97,14 @@ class ClipDataset(torch.utils.data.Dataset):
         return open_video(path, backend, size=False)     # frames and fps are all a clip needs
     def __len__(self): return len(self.samples) * self.clips_per_video
     def video_index(self, i:int) -> int: return i // self.clips_per_video
-    def _read_video(self, v:int, k:int, epoch:int) -> tuple:
-        "Clip `k` of video `v` for `epoch`: uint8 `T,C,H,W` and label; `DataError` when no backend decodes the file."
+    def _read_video(self, v:int, k:int, epoch:int, span:tuple|None=None) -> tuple:
+        "Clip `k` of video `v` for `epoch` (in evaluation: of frames `span`): uint8 `T,C,H,W` and label; `DataError` when no backend decodes the file."
         path, label = self.samples[v]
-        try: return self._read_with(self.backend, path, v, k, epoch), label
+        try: return self._read_with(self.backend, path, v, k, epoch, span), label
         except DataError as first:
             # only now look at (and import) the other backends: a worker that never meets such a file never loads them
             for backend in (b for b in BACKEND_ORDER if b != self.backend and backend_available(b)):
-                try: x = self._read_with(backend, path, v, k, epoch)
+                try: x = self._read_with(backend, path, v, k, epoch, span)
                 except DataError: continue
                 self._note_fallback(path, backend, first)
                 return x, label
@@ -119,12 +119,15 @@ class ClipDataset(torch.utils.data.Dataset):
         msg = (f"{marker} {self.backend} could not decode {path} ({error}); {backend} decoded it, and decodes every other "
                f"such video of this run without another line (backend={backend!r} / --backend {backend} skips the failing tries)")
         if self.run_dir is None or _log_once(self.run_dir, msg, marker): warnings.warn(msg)
-    def _read_with(self, backend:str, path, v:int, k:int, epoch:int) -> torch.Tensor:
+    def _read_with(self, backend:str, path, v:int, k:int, epoch:int, span:tuple|None=None) -> torch.Tensor:
         g = torch_generator(self.seed, int(epoch), v, "clip")
         with self._open(path, backend) as video:
             stride = effective_stride(self.spec.stride, video.info.fps)
             if self.train: idx = train_clip_indices(video.info.frames, self.frames, stride, g)
-            else: idx = eval_clip_indices(video.info.frames, self.frames, stride, self.clips_per_video)[k]
+            else:
+                start, end = span or (0, video.info.frames)
+                end = min(end, video.info.frames)
+                idx = [start + i for i in eval_clip_indices(end - start, self.frames, stride, self.clips_per_video)[k]]
             frames = video.read(idx)
         x = self.transform.geometry(frames, g)
         if self.shuffle_frames:  # control experiment: destroys the order of frames, keeps their content
@@ -151,3 +154,7 @@ class ClipDataset(torch.utils.data.Dataset):
     def __getitem__(self, key):
         x, label = self.read_uint8(key)
         return (self.transform.normalize(x) if self.normalize else self.transform.to_layout(x)), label
+    def eval_clips(self, v:int, span:tuple|None=None) -> torch.Tensor:
+        "Video `v`'s `clips_per_video` evaluation clips as uint8 `K,C,T,H,W` (of frames `span` = (start, end) when given); `DataError` when it does not decode."
+        if self.train: raise ValueError("eval_clips needs an evaluation dataset (train=False)")
+        return torch.stack([self.transform.to_layout(self._read_video(v, k, 0, span)[0]) for k in range(self.clips_per_video)])

@@ -68,6 +68,7 @@ class TrainConfig:
     fallback_dir: str = _f(None, "where checkpoints go while the run folder cannot be written (Drive full or gone); default: /content/har_colab_fallback in Colab, else none")
     progress: bool = _f(True, "progress bars")
     plot: bool = _f(True, "live curves in notebooks and curves.png")
+    tensorboard: bool = _f(True, "per-epoch metrics for TensorBoard in RUN/tensorboard/ (when tensorboard is installed)")
     max_steps_per_epoch: int = _f(None, "cap optimizer steps per epoch (quick trials)")
 
     def to_dict(self) -> dict: return dataclasses.asdict(self)
@@ -75,7 +76,8 @@ class TrainConfig:
 # %% ../nbs/31_config.ipynb #15ac078b
 MAY_CHANGE_ON_RESUME = {"run_dir", "data", "splits", "weights_dir", "epochs", "workers", "device", "backend", "strict", "cache",
                         "cache_dir", "cache_max_gb",
-                        "save_every_minutes", "time_budget_minutes", "keep", "force_resume", "restart", "fallback_dir", "progress", "plot"}
+                        "save_every_minutes", "time_budget_minutes", "keep", "force_resume", "restart", "fallback_dir", "progress", "plot",
+                        "tensorboard"}
 
 def resolve_config(cfg:TrainConfig) -> TrainConfig:
     "Fill the spec's defaults (lr, optimizer, frames) and check every value; `ConfigError` names the bad one."

@@ -12,7 +12,8 @@ import matplotlib
 from matplotlib.figure import Figure
 
 # %% auto #0
-__all__ = ['METRIC_COLUMNS', 'read_metrics', 'plot_curves', 'save_figure', 'confusion_matrix', 'plot_confusion']
+__all__ = ['METRIC_COLUMNS', 'read_metrics', 'plot_curves', 'save_figure', 'confusion_matrix', 'plot_confusion',
+           'plot_comparison', 'plot_timeline']
 
 # %% ../nbs/50_plots.ipynb #7b6fd5de
 METRIC_COLUMNS = ["epoch", "train_loss", "train_acc", "val_loss", "val_acc", "val_video_acc", "lr", "epoch_seconds"]
@@ -82,5 +83,47 @@ def plot_confusion(cm:list, class_names:list, path=None, max_labels:int=60) -> F
     ax2.barh(range(n), 100*acc[order], color="C0"); ax2.set_xlim(0, 100); ax2.set_title("per-class accuracy (%)")
     if n <= max_labels: ax2.set_yticks(range(n), [class_names[i] for i in order], fontsize=7)
     fig.tight_layout()
+    if path: save_figure(fig, path)
+    return fig
+
+# %% ../nbs/50_plots.ipynb #63b84cbf
+def plot_comparison(histories:dict, path=None, title:str="") -> Figure:
+    "Validation accuracy (clip, video) and loss per epoch of several runs (`{name: history}`), overlaid."
+    fig = Figure(figsize=(11, 4), dpi=100)
+    ax1, ax2 = fig.subplots(1, 2)
+    for i, (name, history) in enumerate(histories.items()):
+        c, ep = f"C{i % 10}", [h["epoch"] for h in history]
+        get = lambda k: [h.get(k, float("nan")) for h in history]
+        ax1.plot(ep, [100*v for v in get("val_acc")], "o-", color=c, label=name)
+        ax1.plot(ep, [100*v for v in get("val_video_acc")], "s--", color=c, alpha=0.6)
+        ax2.plot(ep, get("val_loss"), "o-", color=c, label=name)
+    ax1.set_title("validation accuracy (%): clip solid, video dashed"); ax1.set_ylim(0, 100)
+    ax2.set_title("validation loss")
+    for a in (ax1, ax2):
+        a.set_xlabel("epoch"); a.grid(alpha=0.3)
+        a.xaxis.get_major_locator().set_params(integer=True)
+    if histories: ax2.legend(fontsize=8, loc="best")
+    if title: fig.suptitle(title)
+    fig.tight_layout()
+    if path: save_figure(fig, path)
+    return fig
+
+# %% ../nbs/50_plots.ipynb #de6c7486
+def plot_timeline(videos:dict, class_names:list, path=None) -> Figure:
+    "`{video name: [(start_s, end_s, class index, probability), ...]}` as one strip per video."
+    n = max(1, len(videos))
+    fig = Figure(figsize=(11, 1.2 + 1.6*n), dpi=100)
+    axes = fig.subplots(n, 1, squeeze=False)[:, 0]
+    shown = sorted({w[2] for windows in videos.values() for w in windows})
+    for ax, (name, windows) in zip(axes, videos.items()):
+        for start, end, c, p in windows:
+            ax.bar(start, p, width=end - start, align="edge", color=f"C{shown.index(c) % 10}", edgecolor="white", linewidth=0.5)
+        ax.set_ylim(0, 1); ax.set_ylabel("top-1 prob."); ax.set_title(name, fontsize=9, loc="left")
+        if windows: ax.set_xlim(min(w[0] for w in windows), max(w[1] for w in windows))
+    axes[-1].set_xlabel("time (s)")
+    from matplotlib.patches import Patch
+    handles = [Patch(color=f"C{i % 10}", label=class_names[c]) for i, c in enumerate(shown)]
+    if handles: fig.legend(handles=handles, loc="upper right", fontsize=8, ncol=min(len(handles), 6))
+    fig.tight_layout(rect=(0, 0, 1, 0.92 if handles else 1))
     if path: save_figure(fig, path)
     return fig

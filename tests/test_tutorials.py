@@ -74,3 +74,24 @@ def test_own_dataset_tutorial_runs(tmp_path):
     assert "already trained 2/2 epochs" in text and "epochs=3 or more" in text and "--epochs" not in text, text
     assert any("image/png" in o.get("data", {}) for o in shown if o.output_type == "display_data")
     assert len(list(csv.DictReader(open(run / "metrics.csv")))) == 2
+
+
+def test_compare_models_tutorial_runs_a_sweep_over_two_sessions(tmp_path):
+    root = tmp_path / "drive" / "MyDrive" / "har_colab" / "runs" / "smoke_compare_models"
+    # first session: the time budget ends it inside the first run
+    nb = run_notebook("compare_models.ipynb", tmp_path, HAR_COLAB_SMOKE_BUDGET="0.0001")
+    assert "stopped because the time budget" in (root / "tiny3d-seed0" / "events.log").read_text()
+    assert not (root / "tiny3d-seed1").exists() and "sweep stopped" in outputs(nb)
+    # second session: Run all again: the sweep resumes run 1, then trains runs 2 and 3
+    nb = run_notebook("compare_models.ipynb", tmp_path)
+    assert "resumed from" in (root / "tiny3d-seed0" / "events.log").read_text()
+    rows = list(csv.DictReader(open(root / "comparison.csv")))
+    assert sorted(r["run"] for r in rows) == ["tiny3d-seed0", "tiny3d-seed1", "tiny3d-seed2"]
+    assert {r["status"] for r in rows} == {"done"} and all(r["final_video_acc"] for r in rows)
+    text = outputs(nb)
+    assert "final video acc" in text and "top-1" in text and "parity: max |difference|" in text
+    compare_cell = next(c for c in nb.cells if c.cell_type == "code" and "compare_runs(ws.run_dir)" in c.source)
+    assert any("image/png" in o.get("data", {}) for o in compare_cell.outputs)       # the figure, inline
+    best = rows[0]["path"]
+    assert (Path(best) / "export" / "tiny3d.onnx").exists() and (root / "timeline.png").exists()
+    assert all((root / r["run"] / "tensorboard").is_dir() for r in rows)
