@@ -135,17 +135,19 @@ REQUIRED_KEYS = ("format_version", "model", "optimizer", "scheduler", "scaler", 
 TRANSIENT_ERRNOS = frozenset(getattr(errno, n) for n in ("EIO", "ENOTCONN", "ESTALE", "ENOSPC", "EDQUOT", "ETIMEDOUT")
                              if hasattr(errno, n))
 
-def serialize(state:dict) -> memoryview:
+def serialize(state:dict) -> bytes:
     "The bytes `torch.save` would write for `state`."
-    buf = io.BytesIO(); torch.save(state, buf); return buf.getbuffer()
+    # getvalue hands the buffer over without a copy; a getbuffer view would pin the BytesIO, which Python 3.13 reports
+    # ("BufferError: Existing exports of data") when the garbage collector frees the two together
+    buf = io.BytesIO(); torch.save(state, buf); return buf.getvalue()
 
 def _write_temp(data, path:Path, kill:bool=False) -> Path:
     "`write_temp` of `data` (bytes from `serialize`, or a state dict to `torch.save`) beside `path`."
     def write(f):
         if kill:                                   # fault injection: half of the checkpoint reaches the disk, then the process dies
-            b = data if isinstance(data, memoryview) else serialize(data)
+            b = data if isinstance(data, bytes) else serialize(data)
             f.write(b[: len(b) // 2]); f.flush(); os.fsync(f.fileno()); kill_self()
-        if isinstance(data, memoryview): f.write(data)
+        if isinstance(data, bytes): f.write(data)
         else: torch.save(data, f)
     return write_temp(path, write, suffix=".partial")
 

@@ -2,6 +2,8 @@
 accuracy as `eval` on the run's own validation videos; `export` writes TorchScript and ONNX with a parity check, and
 refuses in one line what cannot be exported."""
 import csv
+import importlib
+import importlib.util
 import json
 import re
 import sys
@@ -80,8 +82,9 @@ def parity(stdout):
 
 def check_exports(run, batch_shape, classes):
     "Both formats from the CLI: parity under 1e-4, the files load and take any batch size, the spec JSON beside them."
-    import onnxruntime
-    for fmt, ext in (("torchscript", ".pt"), ("onnx", ".onnx")):
+    # the Colab twin installs the wheel without the [export] extra: TorchScript is checked there, ONNX only here
+    onnxruntime = importlib.util.find_spec("onnxruntime") and importlib.import_module("onnxruntime")
+    for fmt, ext in (("torchscript", ".pt"), ("onnx", ".onnx"))[: 2 if onnxruntime else 1]:
         r = run_cli("export", "--run-dir", run, "--format", fmt)
         assert r.returncode == 0, r.stderr[-3000:]
         assert parity(r.stdout) < 1e-4 and "2 clips of" in r.stdout
@@ -94,6 +97,7 @@ def check_exports(run, batch_shape, classes):
         if fmt == "torchscript": out = torch.jit.load(str(path))(x)
         else: out = torch.from_numpy(onnxruntime.InferenceSession(str(path)).run(None, {"clips": x.numpy()})[0])
         assert tuple(out.shape) == (batch_shape[0], len(classes))
+    if not onnxruntime: pytest.skip("ONNX half: onnxruntime is not installed (pip install 'har_colab[export]')")
 
 
 def test_export_tiny3d_both_formats(run):
