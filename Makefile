@@ -7,6 +7,9 @@ BIN := $(VENV)/bin
 STAMP := $(VENV)/.har_colab_installed
 SUDO := $(shell [ "$$(id -u)" = 0 ] || echo sudo)
 
+# the suite in two processes (its tests mostly wait on CPU-bound subprocesses); any test that hangs fails after 10 min
+PYTEST_FLAGS := -q -m "not slow" -n 2 --dist worksteal --timeout 600 --durations 15
+
 .PHONY: setup demo test test-colab test-slow check-sync readme nbtest pytest export clean-nbs bench dist
 
 setup: $(STAMP)
@@ -36,12 +39,12 @@ nbtest: setup
 	$(BIN)/nbdev_test --n_workers 2 --timing
 
 pytest: setup
-	$(PY) -m pytest tests/ -q -m "not slow"
+	$(PY) -m pytest tests/ $(PYTEST_FLAGS)
 
 test: setup
 	$(PY) .ci/check_sync.py
 	$(BIN)/nbdev_test --n_workers 2 --skip_file_re "^(colab_hmdb51|own_dataset|compare_models)"
-	$(PY) -m pytest tests/ -q -m "not slow"
+	$(PY) -m pytest tests/ $(PYTEST_FLAGS)
 
 # The Colab twin: our wheel and sdist pip-installed into Python 3.13 with Colab's packages, then the non-slow suite and
 # the tutorial notebooks (SMOKE) against the installed package (.ci/colab_twin.py; its venv is .venv-colab)

@@ -36,7 +36,7 @@ VENV = ROOT / ".venv-colab"
 COLAB = ["torch==2.11.0", "torchvision==0.26.0", "torchcodec==0.11.0", "transformers==5.15.0", "tensorboard", "ipykernel",
          "nbclient", "nvidia-npp==13.0.*"]
 LOWEST = ["numpy", "matplotlib", "ipywidgets", "tqdm", "gdown"]    # preinstalled in Colab and required by us
-TEST_TOOLS = ["pytest", "pytest-timeout", "scikit-video"]          # what the suite needs beyond the package
+TEST_TOOLS = ["pytest", "pytest-timeout", "pytest-xdist", "scikit-video"]          # what the suite needs beyond the package
 T0 = time.time()
 
 
@@ -160,7 +160,8 @@ def main():
         where = run(py, "-c", "import har_colab, torchcodec.decoders, av, decord; print(har_colab.__file__, har_colab.__version__)",
                     cwd=suite, env=env, quiet=True).stdout.strip()           # and all three decoders import
         say(f"suite in {suite}, against {where}")
-        r = subprocess.run([str(py), "-m", "pytest", "tests", "-q", "-m", "not slow", "-p", "no:cacheprovider"], cwd=suite, env=env)
+        r = subprocess.run([str(py), "-m", "pytest", "tests", "-q", "-m", "not slow", "-n", "2", "--dist", "worksteal",
+                            "--timeout", "600", "--durations", "15", "-p", "no:cacheprovider"], cwd=suite, env=env)
     say(f"done, exit {r.returncode}")
     return r.returncode
 

@@ -8,8 +8,7 @@ from __future__ import annotations
 import math
 
 import torch
-from torchvision import tv_tensors
-from torchvision.transforms.v2 import functional as TF
+import torch.nn.functional as F
 
 # %% auto #0
 __all__ = ['resize_short_side', 'random_resized_crop_params', 'VideoTransform']
@@ -17,13 +16,17 @@ __all__ = ['resize_short_side', 'random_resized_crop_params', 'VideoTransform']
 # %% ../nbs/13_transforms.ipynb #c9ccc4c3
 def _pair(x): return (int(x), int(x)) if isinstance(x, (int, float)) else (int(x[0]), int(x[1]))
 
+def _resize(frames:torch.Tensor, size) -> torch.Tensor:
+    "Antialiased bilinear resize of uint8 `T,C,H,W` frames to `size` (h, w): torchvision's v2 `resize`, pixel for pixel."
+    return F.interpolate(frames, size=tuple(size), mode="bilinear", antialias=True, align_corners=False)
+
 def resize_short_side(frames:torch.Tensor, size:int) -> torch.Tensor:
     "Resize uint8 `T,C,H,W` frames so that the short side is `size` (no-op when it already is)."
     h, w = frames.shape[-2:]
     if min(h, w) == size: return frames
     if h <= w: nh, nw = size, max(1, round(w * size / h))
     else: nh, nw = max(1, round(h * size / w)), size
-    return TF.resize(tv_tensors.Video(frames), [nh, nw], antialias=True).as_subclass(torch.Tensor)
+    return _resize(frames, (nh, nw))
 
 def random_resized_crop_params(h:int, w:int, scale, ratio, g:torch.Generator) -> tuple:
     "(top, left, height, width) of a random crop with area fraction in `scale` and aspect in `ratio`."
@@ -57,12 +60,13 @@ class VideoTransform:
         if self.train:
             if g is None: g = torch.Generator().manual_seed(torch.seed() & (2**63 - 1))
             t, l, ch, cw = random_resized_crop_params(h, w, self.scale, self.ratio, g)
-            x = TF.resized_crop(tv_tensors.Video(x), t, l, ch, cw, list(self.crop), antialias=True).as_subclass(torch.Tensor)
+            x = _resize(x[..., t:t + ch, l:l + cw], self.crop)
             if self.hflip and bool(torch.rand(1, generator=g) < 0.5): x = x.flip(-1)
         else:
             if h < self.crop[0] or w < self.crop[1]:  # tiny videos: upscale so the crop fits
-                x = TF.resize(tv_tensors.Video(x), [max(h, self.crop[0]), max(w, self.crop[1])], antialias=True).as_subclass(torch.Tensor)
-            x = TF.center_crop(tv_tensors.Video(x), list(self.crop)).as_subclass(torch.Tensor)
+                x = _resize(x, (max(h, self.crop[0]), max(w, self.crop[1]))); h, w = x.shape[-2:]
+            t, l = int(round((h - self.crop[0]) / 2.0)), int(round((w - self.crop[1]) / 2.0))
+            x = x[..., t:t + self.crop[0], l:l + self.crop[1]]
         return x
     def normalize(self, x:torch.Tensor) -> torch.Tensor:
         "Step 3: uint8 `T,C,H,W` -> contiguous float `C,T,H,W`, normalised."
