@@ -120,13 +120,17 @@ def get_rng_state() -> dict:
     if torch.cuda.is_available(): st["cuda"] = torch.cuda.get_rng_state_all()
     return st
 
-def set_rng_state(st:dict):
-    "Restore what `get_rng_state` saved (CUDA states only when the device count matches)."
+def set_rng_state(st:dict) -> str|None:
+    "Restore what `get_rng_state` saved (CUDA states only when the device count matches); a note when CUDA's were not."
     random.setstate((st["python"][0], tuple(st["python"][1]), st["python"][2]))
     n = st["numpy"]; np.random.set_state((n[0], n[1].numpy().astype(np.uint32), n[2], n[3], n[4]))
     torch.set_rng_state(st["torch"])
-    if "cuda" in st and torch.cuda.is_available() and len(st["cuda"]) == torch.cuda.device_count():
-        torch.cuda.set_rng_state_all(st["cuda"])
+    saved, here = len(st.get("cuda", ())), (torch.cuda.device_count() if torch.cuda.is_available() else 0)
+    if saved and saved == here: torch.cuda.set_rng_state_all(st["cuda"]); return None
+    if saved == here: return None                            # no GPU then, none now
+    return (f"CUDA random states were saved for {saved} GPU(s), this machine has {here}: "
+            + ("they were not restored, so GPU random numbers (dropout) differ from an uninterrupted run; the samples, their "
+               "order and the schedule do not" if here else "the CPU's were restored"))
 
 # %% ../nbs/30_checkpoint.ipynb #c418bf01
 FORMAT_VERSION = 1

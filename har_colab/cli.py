@@ -69,6 +69,7 @@ def build_parser() -> argparse.ArgumentParser:
     e.add_argument("--data", default=None, help="dataset root, when it moved since training")
     e.add_argument("--workers", type=int, default=2, help="DataLoader workers (default: 2)")
     e.add_argument("--device", default="auto", help="auto, cpu, cuda (default: auto)")
+    e.add_argument("--batch-size", type=int, default=None, help="clips per forward pass (default: the run's micro-batch)")
     pr = sub.add_parser("prepare", help="download / verify / extract a dataset (local archive, URL or Google Drive id)")
     pr.add_argument("kind", choices=("hmdb51", "ucf101", "folder"), help="dataset kind")
     pr.add_argument("--source", required=True, help="local archive or folder, http(s) URL, or Google Drive id/link")
@@ -195,7 +196,8 @@ def cmd_inspect(a) -> int:
 
 def cmd_eval(a) -> int:
     from .train import evaluate_run
-    print(evaluate_run(a.run_dir, checkpoint=a.checkpoint, clips=a.clips, data=a.data, workers=a.workers, device=a.device).summary())
+    print(evaluate_run(a.run_dir, checkpoint=a.checkpoint, clips=a.clips, data=a.data, workers=a.workers, device=a.device,
+                       batch_size=a.batch_size).summary())
     return 0
 
 def cmd_doctor(a) -> int:

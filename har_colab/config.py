@@ -46,6 +46,10 @@ class TrainConfig:
     clip_grad: float = _f(1.0, "gradient norm clipping (0: off)")
     amp: str = _f("auto", "mixed precision", choices=("auto", "off", "fp16", "bf16"))
     channels_last: bool = _f(True, "channels_last_3d memory format on CUDA for convolutional models")
+    grad_checkpoint: str = _f("auto", "activation checkpointing of the backbone's blocks (less memory, ~30% more compute); auto: "
+                              "turned on for transformers before an out-of-memory would take the micro-batch below 4", choices=("auto", "on", "off"))
+    deterministic: bool = _f(False, "deterministic algorithms (warn where none exists), cudnn.benchmark off: a rerun repeats "
+                             "on the same GPU model and software; slower")
     sync_bn: bool = _f(False, "under torchrun: SyncBatchNorm, BatchNorm statistics over all GPUs' micro-batches (CUDA)")
     eval_clips: int = _f(3, "uniformly spaced clips per video for video-level accuracy")
     min_crop_area: float = _f(0.25, "smallest area fraction of the training random resized crop (1: no zoom)")
@@ -77,7 +81,7 @@ class TrainConfig:
 MAY_CHANGE_ON_RESUME = {"run_dir", "data", "splits", "weights_dir", "epochs", "workers", "device", "backend", "strict", "cache",
                         "cache_dir", "cache_max_gb",
                         "save_every_minutes", "time_budget_minutes", "keep", "force_resume", "restart", "fallback_dir", "progress", "plot",
-                        "tensorboard"}
+                        "tensorboard", "grad_checkpoint", "deterministic"}
 
 def resolve_config(cfg:TrainConfig) -> TrainConfig:
     "Fill the spec's defaults (lr, optimizer, frames) and check every value; `ConfigError` names the bad one."

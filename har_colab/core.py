@@ -5,6 +5,7 @@
 # %% ../nbs/00_core.ipynb #3e01b221
 from __future__ import annotations
 
+import contextlib
 import datetime as _dt
 import errno
 import hashlib
@@ -22,9 +23,10 @@ import torch
 
 # %% auto #0
 __all__ = ['VML_OPS', 'HarError', 'ConfigError', 'DataError', 'CheckpointError', 'ShapeError', 'RunFolderError',
-           'seed_everything', 'derive_seed', 'torch_generator', 'warm_up_cpu_math', 'resolve_device', 'amp_dtype',
-           'fsync_dir', 'write_temp', 'commit_temp', 'atomic_write', 'atomic_write_text', 'atomic_write_json',
-           'log_event', 'fault_injected', 'fault_at', 'kill_self', 'fault_oserror', 'fault_pause']
+           'seed_everything', 'derive_seed', 'torch_generator', 'warm_up_cpu_math', 'resolve_device', 'native_bf16',
+           'amp_dtype', 'device_settings', 'amp_warning', 'fsync_dir', 'write_temp', 'commit_temp', 'atomic_write',
+           'atomic_write_text', 'atomic_write_json', 'log_event', 'fault_injected', 'fault_at', 'fault_oom',
+           'kill_self', 'fault_oserror', 'fault_pause']
 
 # %% ../nbs/00_core.ipynb #d5bec1c3
 class HarError(Exception):
@@ -92,6 +94,12 @@ def resolve_device(device:str="auto") -> torch.device:
                           "(in Colab: Runtime > Change runtime type > GPU)")
     return d
 
+def native_bf16(device="cuda") -> bool:
+    "Whether CUDA `device` computes bfloat16 natively: compute capability >= 8.0 (False without a GPU)."
+    device = torch.device(device)
+    if device.type != "cuda" or not torch.cuda.is_available(): return False
+    return torch.cuda.get_device_properties(device).major >= 8
+
 def amp_dtype(device:torch.device, amp:str="auto", bf16_supported:bool|None=None) -> torch.dtype|None:
     "The autocast dtype for `device`: `None` (off), `torch.bfloat16` or `torch.float16`."
     if amp not in ("auto", "off", "fp16", "bf16"): raise ConfigError(f"amp={amp!r}; use auto, off, fp16 or bf16")
@@ -99,8 +107,41 @@ def amp_dtype(device:torch.device, amp:str="auto", bf16_supported:bool|None=None
     if amp == "off" or device.type != "cuda": return None
     if amp == "fp16": return torch.float16
     if amp == "bf16": return torch.bfloat16
-    if bf16_supported is None: bf16_supported = torch.cuda.is_bf16_supported()
+    if bf16_supported is None: bf16_supported = native_bf16(device)
     return torch.bfloat16 if bf16_supported else torch.float16
+
+@contextlib.contextmanager
+def device_settings(device, deterministic:bool=False):
+    """While a run trains on `device`: `torch.cuda.set_device` for `cuda:N`; on CUDA `cudnn.benchmark` (our shapes are
+    static) unless `deterministic`; with `deterministic`, deterministic algorithms (a warning where PyTorch has none),
+    deterministic cuDNN and `CUBLAS_WORKSPACE_CONFIG` (which only takes effect before CUDA's first matrix multiply).
+    The previous settings come back afterwards (a notebook runs more than one thing)."""
+    device = torch.device(device)
+    cudnn = torch.backends.cudnn
+    old = (cudnn.benchmark, cudnn.deterministic, torch.are_deterministic_algorithms_enabled(),
+           torch.is_deterministic_algorithms_warn_only_enabled(), os.environ.get("CUBLAS_WORKSPACE_CONFIG"))
+    try:
+        if device.type == "cuda":
+            if device.index is not None: torch.cuda.set_device(device)
+            cudnn.benchmark = not deterministic
+        if deterministic:
+            os.environ.setdefault("CUBLAS_WORKSPACE_CONFIG", ":4096:8")
+            cudnn.deterministic = True
+            torch.use_deterministic_algorithms(True, warn_only=True)
+        yield
+    finally:
+        cudnn.benchmark, cudnn.deterministic = old[0], old[1]
+        torch.use_deterministic_algorithms(old[2], warn_only=old[3])
+        if old[4] is None: os.environ.pop("CUBLAS_WORKSPACE_CONFIG", None)
+        else: os.environ["CUBLAS_WORKSPACE_CONFIG"] = old[4]
+
+def amp_warning(device:torch.device, amp:str) -> str|None:
+    "The warning for `amp='bf16'` forced on a GPU without native bf16 (None otherwise)."
+    device = torch.device(device)
+    if amp != "bf16" or device.type != "cuda" or native_bf16(device): return None
+    p = torch.cuda.get_device_properties(device)
+    return (f"warning: amp=bf16 on {p.name} (sm_{p.major}{p.minor}) is emulated, several times slower than fp16; "
+            "use --amp auto (fp16 with a GradScaler there)")
 
 # %% ../nbs/00_core.ipynb #eb069e72
 def fsync_dir(path):
@@ -186,6 +227,19 @@ def fault_at(var:str, count:int) -> bool:
     "True when the environment sets `var=N` and `count` (a run-wide count, such as the global step) is N."
     n = os.environ.get(var)
     return bool(n) and int(n) == int(count) and _fault_here()
+
+_OOM_STEPS_DONE = set()
+
+def fault_oom(clips:int, step:int|None=None):
+    """Raise `torch.OutOfMemoryError` as CUDA does, where the environment asks: `HAR_COLAB_OOM_ABOVE=K` in every forward
+    pass of more than K clips, `HAR_COLAB_OOM_AT_STEP=N` in the first try of optimizer step N (the retry passes)."""
+    above, at = os.environ.get("HAR_COLAB_OOM_ABOVE"), os.environ.get("HAR_COLAB_OOM_AT_STEP")
+    if not _fault_here(): return
+    if above and clips > int(above):
+        raise torch.OutOfMemoryError(f"CUDA out of memory (injected: HAR_COLAB_OOM_ABOVE={above}, {clips} clips)")
+    if at and step == int(at) and step not in _OOM_STEPS_DONE:
+        _OOM_STEPS_DONE.add(step)
+        raise torch.OutOfMemoryError(f"CUDA out of memory (injected: HAR_COLAB_OOM_AT_STEP={at})")
 
 def kill_self(sig="SIGKILL"):
     "Send this process `sig` (a name such as 'SIGTERM', or a number): what a dying session or a scheduler does to it."

@@ -18,7 +18,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from .core import ConfigError, HarError, resolve_device, seed_everything
+from .core import ConfigError, HarError, native_bf16, resolve_device, seed_everything
 from .datasets import Samples
 from .clips import ClipDataset
 from .models import LoadReport, count_parameters, create_model, get_spec, load_report
@@ -32,7 +32,8 @@ __all__ = ['STATUSES', 'CAUSE_ORDER', 'SECTIONS', 'Finding', 'DoctorReport', 'ch
            'knn_agreement', 'check_label_consistency', 'as_bcthw', 'check_layout', 'check_input_stats',
            'check_temporal', 'save_clip_grid', 'check_parameters', 'check_pretrained', 'check_initial_loss',
            'check_gradients', 'make_doctor_optimizer', 'LRRangeResult', 'lr_range_test', 'check_lr', 'plot_lr_range',
-           'overfit_batch', 'check_overfit', 'history_findings', 'read_history', 'DoctorCallback', 'doctor']
+           'overfit_batch', 'check_overfit', 'nan_advice', 'history_findings', 'read_history', 'DoctorCallback',
+           'doctor']
 
 # %% ../nbs/60_doctor.ipynb #0df32a70
 STATUSES = ("pass", "warn", "fail")
@@ -509,13 +510,20 @@ def check_overfit(losses:list, num_classes:int, others=(), target:float=0.1, ret
     return Finding("overfit one batch", "fail", ev, f"the pipeline cannot memorise 8 clips, so it cannot learn; {cause}", "optimisation")
 
 # %% ../nbs/60_doctor.ipynb #9416024a
-def history_findings(history:list, num_classes:int, patience:int=3, margin:float=0.05) -> list:
-    "Training-time findings from a run's `history` (dicts with train_loss, train_acc, val_loss, val_acc)."
+def nan_advice(dtype:torch.dtype|None=None, device="cuda") -> str:
+    "What to try when the loss turns NaN/inf, for a run in autocast `dtype` (None: float32) on `device`."
+    base = "lower the LR, check inputs for NaN"
+    if dtype != torch.float16: return base
+    alt = "--amp bf16 (native on this GPU)" if native_bf16(device) else "--amp off (float32: bf16 is emulated, slow, on this GPU)"
+    return f"{base}; fp16 already runs with a GradScaler: try --clip-grad 1 or {alt}"
+
+def history_findings(history:list, num_classes:int, patience:int=3, margin:float=0.05, nan_hint:str|None=None) -> list:
+    "Training-time findings from a run's `history` (dicts with train_loss, train_acc, val_loss, val_acc); `nan_hint`: `nan_advice` of the run."
     sec, chance, n = "training", 1 / num_classes, len(history)
     out = []
     bad = [h for h in history if not all(math.isfinite(float(h.get(k, 0.0))) for k in ("train_loss", "val_loss"))]
     if bad: out.append(Finding("loss finite", "fail", f"loss is NaN/inf from epoch {bad[0].get('epoch', '?')}",
-                               "lower the LR, check inputs for NaN; with fp16 AMP use bf16 or a GradScaler", sec))
+                               nan_hint or nan_advice(), sec))
     else: out.append(Finding("loss finite", "pass", f"{n} epochs, all losses finite", section=sec))
     if n < patience:
         out.append(Finding("learning progress", "pass", f"too early to judge: {n} of {patience} epochs", section=sec)); return out
@@ -562,10 +570,11 @@ class DoctorCallback(Callback):
         loss = getattr(t, "last_loss", None)
         if loss is not None and not math.isfinite(loss):
             self._warn(t, Finding("loss finite", "fail", f"loss became {loss} at epoch {len(t.history) + 1}",
-                                  "lower the LR, check inputs for NaN; with fp16 AMP use bf16 or a GradScaler", "training"))
+                                  nan_advice(getattr(t, "amp_dtype", None), getattr(t, "device", "cpu")), "training"))
             if self.stop_on_nan: t.request_stop("loss became NaN")
     def after_validate(self, t):
-        for f in history_findings(t.history, t.num_classes, self.patience, self.margin):
+        hint = nan_advice(t.amp_dtype, t.device) if hasattr(t, "amp_dtype") else None
+        for f in history_findings(t.history, t.num_classes, self.patience, self.margin, hint):
             if f.status != "pass": self._warn(t, f)
 
 # %% ../nbs/60_doctor.ipynb #dbea65c2

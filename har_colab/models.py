@@ -24,11 +24,12 @@ from .core import ConfigError, ShapeError
 from .env import in_colab
 
 # %% auto #0
-__all__ = ['MODELS', 'FREEZE_MODES', 'ModelSpec', 'register', 'list_models', 'get_spec', 'missing_extra', 'check_available',
-           'Tiny3D', 'pytorchvideo_transforms_compat', 'pack_pathways', 'SlowFast', 'get_head', 'head_classes',
-           'set_head', 'model_blocks', 'freeze_layers', 'count_parameters', 'set_drop_path', 'lr_scales',
-           'weights_cache_dir', 'load_pretrained', 'LoadReport', 'load_report', 'create_model', 'check_input',
-           'models_table', 'count_macs', 'count_gflops', 'inspect_model']
+__all__ = ['MODELS', 'FREEZE_MODES', 'ACT_MB', 'ModelSpec', 'register', 'list_models', 'get_spec', 'missing_extra',
+           'check_available', 'Tiny3D', 'pytorchvideo_transforms_compat', 'pack_pathways', 'SlowFast', 'get_head',
+           'head_classes', 'set_head', 'model_blocks', 'freeze_layers', 'count_parameters', 'enable_grad_checkpointing',
+           'set_drop_path', 'lr_scales', 'weights_cache_dir', 'load_pretrained', 'LoadReport', 'load_report',
+           'create_model', 'check_input', 't4_micro_batch', 'models_table', 'count_macs', 'count_gflops',
+           'inspect_model']
 
 # %% ../nbs/20_models.ipynb #4e7c69fb
 @dataclass(frozen=True)
@@ -305,6 +306,31 @@ def count_parameters(model:nn.Module) -> tuple:
     tr = sum(p.numel() for p in model.parameters() if p.requires_grad)
     return tr, sum(p.numel() for p in model.parameters()) - tr
 
+# %% ../nbs/20_models.ipynb #e5688e4a
+def enable_grad_checkpointing(model:nn.Module, spec:ModelSpec) -> int:
+    "Recompute the activations of `spec`'s backbone blocks in backward (training with gradients only); how many blocks."
+    if spec.grad_checkpointing is not None:
+        spec.grad_checkpointing(model); return len(model_blocks(model, spec))
+    from torch.utils.checkpoint import checkpoint
+    blocks = model_blocks(model, spec)
+    for _, m in blocks:
+        if getattr(m, "_har_checkpointed", False): continue
+        bn = [x for x in m.modules() if isinstance(x, nn.modules.batchnorm._BatchNorm) and x.track_running_stats]
+        def forward(*a, _f=m.forward, _m=m, _bn=bn, **k):
+            if not (_m.training and torch.is_grad_enabled()): return _f(*a, **k)
+            calls = []
+            def run(*a, **k):            # the recomputation must not update BatchNorm's running statistics a second time
+                calls.append(1)
+                if len(calls) == 1: return _f(*a, **k)
+                saved = [(b, b.detach().clone()) for x in _bn for b in (x.running_mean, x.running_var, x.num_batches_tracked)]
+                try: return _f(*a, **k)
+                finally:
+                    with torch.no_grad():
+                        for b, v in saved: b.copy_(v)
+            return checkpoint(run, *a, use_reentrant=False, **k)
+        m.forward, m._har_checkpointed = forward, True
+    return len(blocks)
+
 # %% ../nbs/20_models.ipynb #3c0b9e41
 def _residual_drop(rate:float) -> Callable:
     "A forward hook that skips its block for a random part of the batch in training (stochastic depth)."
@@ -534,14 +560,33 @@ def check_input(x, spec:ModelSpec, frames:int|None=None, size:int|None=None):
         raise ShapeError(f"{want}; got {got}: {t} frames while frames={t_want}. Fix: build clips with the same frames")
 
 # %% ../nbs/20_models.ipynb #ae0a5d31
+# activation memory per clip in training (MiB, float32, at the model's own input, the recipe's frozen layers frozen),
+# measured on the CPU with saved-tensor hooks by benchmarks/memory_table.py (results_memory.md)
+ACT_MB = {"tiny3d": 1.6, "r3d_18": 161.0, "mc3_18": 221.3, "r2plus1d_18": 478.4, "s3d": 1868.7, "mvit_v1_b": 1281.8,
+          "mvit_v2_s": 1457.0, "swin3d_t": 2585.9, "swin3d_s": 4157.8, "swin3d_b": 5527.1, "x3d_xs": 102.3, "x3d_s": 331.7,
+          "x3d_m": 799.7, "slow_r50": 655.8, "slowfast_r50": 1079.2, "mvit_base_16x4": 1280.7, "videomae_s": 450.9,
+          "videomae_b": 892.3, "timesformer_b": 1461.6, "vivit_b": 4450.5, "vjepa2_vitl": 416.5}
+
+def t4_micro_batch(spec:ModelSpec, act_mb:float|None=None, gib:float=15.0) -> int|None:
+    """Estimated largest training micro-batch on a `gib` GB GPU (a T4: 15) in fp16 autocast: 92% of it, less 1 GiB (CUDA
+    context, cuDNN workspaces), less 16 bytes per parameter (weights, gradients, AdamW), over the float32
+    activations per clip (`ACT_MB`: fp16 halves most of them, the backward pass's temporaries and the allocator take
+    about as much again). None where the model was not measured."""
+    act = act_mb if act_mb is not None else ACT_MB.get(spec.name)
+    if not act or not spec.params_m: return None
+    free = gib * 1024 * 0.92 - 1024 - spec.params_m * 1e6 * 16 / 2**20
+    return max(0, int(free // act))
+
 def models_table() -> str:
-    "A text table of the registered models: input, size, published accuracy, fine-tuning defaults."
-    rows = [("name", "family", "frames x stride", "crop", "params (M)", "K400 top-1", "lr / optimizer", "note")]
+    "A text table of the registered models: input, size, published accuracy, fine-tuning defaults, T4 micro-batch (est.)."
+    rows = [("name", "family", "frames x stride", "crop", "params (M)", "K400 top-1", "lr / optimizer", "T4 batch", "note")]
     for s in MODELS.values():
         fr = f"{s.frames} x {s.stride}" + (" exact" if s.exact_frames else "")
         note = (f"needs har_colab[{s.extra}]; " if missing_extra(s) else "") + s.note
+        t4 = t4_micro_batch(s)
         rows.append((s.name, s.family, fr, str(s.crop), f"{s.params_m:g}" if s.params_m else "-",
-                     f"{s.kinetics_top1:g}" if s.kinetics_top1 else "-", f"{s.lr:g} {s.optimizer}", note))
+                     f"{s.kinetics_top1:g}" if s.kinetics_top1 else "-", f"{s.lr:g} {s.optimizer}",
+                     "-" if t4 is None else f"{t4} est.", note))
     widths = [max(len(r[i]) for r in rows) for i in range(len(rows[0]) - 1)]
     lines = ["  ".join(c.ljust(w) for c, w in zip(r, widths)) + "  " + r[-1] for r in rows]
     lines.insert(1, "  ".join("-" * w for w in widths) + "  " + "-" * 4)

@@ -19,11 +19,11 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from .core import (ConfigError, DataError, HarError, amp_dtype, atomic_write_json, derive_seed, fault_at,
-                            fault_injected, kill_self, resolve_device, seed_everything)
+from .core import (ConfigError, DataError, HarError, amp_dtype, amp_warning, atomic_write_json, derive_seed,
+                            device_settings, fault_at, fault_injected, fault_oom, kill_self, resolve_device, seed_everything)
 from .events import EVENTS, Callback, StopTraining
 from .clips import ClipDataset
-from .models import check_input, count_parameters, get_spec, lr_scales
+from .models import check_input, count_parameters, enable_grad_checkpointing, get_spec, lr_scales
 from .checkpoint import FORMAT_VERSION, RunFolder, find_checkpoint, get_rng_state, set_rng_state
 from .config import MAY_CHANGE_ON_RESUME, TrainConfig, check_batch_size, config_diff, resolve_config
 from .build import (RunStart, build_cache, build_model, build_samples, clip_dataset, load_run, open_run,
@@ -33,8 +33,8 @@ from .distributed import (all_reduce_sum, barrier, broadcast_buffers, init_distr
 from .callbacks import PlotCallback, default_callbacks
 
 # %% auto #0
-__all__ = ['EpochBatchSampler', 'lr_factor', 'make_optimizer', 'amp_setup', 'ignore_stop_signals', 'evaluate', 'Trainer',
-           'FitResult', 'preflight', 'fit', 'EvalResult', 'evaluate_run']
+__all__ = ['EpochBatchSampler', 'lr_factor', 'make_optimizer', 'amp_setup', 'dtype_name', 'to_cpu', 'ignore_stop_signals',
+           'evaluate', 'Trainer', 'FitResult', 'preflight', 'fit', 'EvalResult', 'evaluate_run']
 
 # %% ../nbs/40_train.ipynb #982498a6
 class EpochBatchSampler:
@@ -80,6 +80,17 @@ def amp_setup(device:torch.device, amp:str="auto", bf16_supported=None) -> tuple
     "(autocast dtype or None, whether a GradScaler is needed)."
     dt = amp_dtype(device, amp, bf16_supported)
     return dt, dt == torch.float16
+
+def dtype_name(dt:torch.dtype|None) -> str:
+    "'float16', 'bfloat16' or 'float32' (no autocast): what a checkpoint stores as its autocast type."
+    return "float32" if dt is None else str(dt).removeprefix("torch.")
+
+def to_cpu(obj):
+    "`obj` with its tensors on the CPU: a checkpoint's optimizer state loads with `weights_only=True` on a machine without a GPU."
+    if torch.is_tensor(obj): return obj.detach().cpu()
+    if isinstance(obj, dict): return {k: to_cpu(v) for k, v in obj.items()}
+    if isinstance(obj, (list, tuple)): return type(obj)(to_cpu(v) for v in obj)
+    return obj
 
 # %% ../nbs/40_train.ipynb #a9b88390
 def ignore_stop_signals(worker_id:int=0):
@@ -143,14 +154,18 @@ class Trainer:
             raise ConfigError(f"batch_size={cfg.batch_size} (the global batch) does not split evenly over {W} processes x "
                               f"accumulate {cfg.accumulate}; use --batch-size {fix} (a multiple of {k})")
         self.micro = cfg.batch_size // (W * cfg.accumulate)      # clips per forward pass in each process
-        n = len(train_ds)
+        self.accumulate = cfg.accumulate                          # micro-batches per step: doubled when the micro-batch halves
+        self.notes, self.committed, self.grad_ckpt = [], False, False
+        n = self.n_train = len(train_ds)
         check_batch_size(cfg, n)
         self.steps_per_epoch = n // cfg.batch_size
         if cfg.max_steps_per_epoch: self.steps_per_epoch = min(self.steps_per_epoch, cfg.max_steps_per_epoch)
         self.total_steps = self.steps_per_epoch * cfg.epochs
         self.warmup_steps = int(round(cfg.warmup_epochs * self.steps_per_epoch))
         self.amp_dtype, use_scaler = amp_setup(self.device, cfg.amp)
+        if amp_warning(self.device, cfg.amp): self.notes.append(amp_warning(self.device, cfg.amp))
         self.model.to(self.device)
+        if cfg.grad_checkpoint == "on": self._grad_checkpointing("--grad-checkpoint on")
         self.channels_last = cfg.channels_last and self.device.type == "cuda" and getattr(self.spec, "arch", "cnn") != "transformer"
         if self.channels_last: self.model.to(memory_format=torch.channels_last_3d)
         self.model, self.net = wrap_model(self.model, self.device, cfg.sync_bn)   # net: DDP under torchrun, else the model
@@ -162,7 +177,13 @@ class Trainer:
         self.epoch, self.step_in_epoch, self.global_step = 0, 0, 0
         self.running = {"loss": 0.0, "correct": 0, "count": 0, "seconds": 0.0}
         self.history, self.best_val_acc, self.stop_reason, self.last_metrics = [], None, None, {}
-        self.sampler = EpochBatchSampler(n, self.micro, cfg.seed, self.steps_per_epoch * cfg.accumulate, rank=rank(), world=W)
+        self._make_loaders()
+
+    def _make_loaders(self):
+        "The train and validation loaders at the current micro-batch."
+        cfg, train_ds, val_ds = self.cfg, self.train_ds, self.val_ds
+        self.sampler = EpochBatchSampler(self.n_train, self.micro, cfg.seed, self.steps_per_epoch * self.accumulate, rank=rank(),
+                                         world=world_size())
         cuda = self.device.type == "cuda"
         kw = dict(num_workers=cfg.workers, pin_memory=cuda, persistent_workers=cfg.workers > 0)
         if cfg.workers > 0: kw["prefetch_factor"] = 4 if cuda else 2
@@ -179,7 +200,9 @@ class Trainer:
     def state_dict(self) -> dict:
         "Everything needed to continue exactly."
         return {"format_version": FORMAT_VERSION, "model": {k: v.detach().cpu() for k, v in self.model.state_dict().items()},
-                "optimizer": self.opt.state_dict(), "scheduler": self.sched.state_dict(), "scaler": self.scaler.state_dict(),
+                "optimizer": to_cpu(self.opt.state_dict()), "scheduler": self.sched.state_dict(), "scaler": self.scaler.state_dict(),
+                "amp_dtype": dtype_name(self.amp_dtype), "micro_batch": self.micro, "accumulate": self.accumulate,
+                "grad_checkpoint": self.grad_ckpt,
                 "epoch": self.epoch, "step_in_epoch": self.step_in_epoch, "global_step": self.global_step,
                 "running": dict(self.running), "epoch_order": self.sampler.order(self.epoch),
                 "rng": get_rng_state(), "history": [dict(h) for h in self.history], "best_val_acc": self.best_val_acc,
@@ -194,11 +217,109 @@ class Trainer:
         try: self.model.load_state_dict(st["model"])
         except RuntimeError as e:
             raise HarError(f"the checkpoint's weights do not fit {self.cfg.model} ({str(e).splitlines()[0][:120]}); use another --run-dir") from None
-        self.opt.load_state_dict(st["optimizer"]); self.sched.load_state_dict(st["scheduler"]); self.scaler.load_state_dict(st["scaler"])
+        self.opt.load_state_dict(st["optimizer"]); self.sched.load_state_dict(st["scheduler"])
+        self._load_scaler(st)
         self.epoch, self.step_in_epoch, self.global_step = st["epoch"], st["step_in_epoch"], st["global_step"]
         self.running = dict(st.get("running") or self.running)
         self.history, self.best_val_acc = [dict(h) for h in st["history"]], st.get("best_val_acc")
-        set_rng_state(st["rng"])
+        note = set_rng_state(st["rng"])
+        if note: self.notes.append(note)
+        m, a = st.get("micro_batch"), st.get("accumulate")
+        if m and a and m < self.micro and m * a == self.micro * self.accumulate:   # an out-of-memory made it smaller
+            self._set_micro(m)
+            self.notes.append(f"micro-batch {m} x accumulate {a} as the checkpoint left it after an out-of-memory")
+        if st.get("grad_checkpoint") and not self.grad_ckpt and self.cfg.grad_checkpoint == "auto":
+            self._grad_checkpointing("as the checkpoint left it after an out-of-memory")
+    def _load_scaler(self, st:dict):
+        "The GradScaler's state where both the checkpoint and this run have one: fp16 <-> bf16/fp32/CPU resumes either way."
+        saved, was, now = st.get("scaler") or {}, st.get("amp_dtype"), dtype_name(self.amp_dtype)
+        if self.scaler.is_enabled() and saved: self.scaler.load_state_dict(saved)
+        elif self.scaler.is_enabled(): self.notes.append("the checkpoint has no GradScaler state (it ran without fp16): the loss scale starts anew")
+        if was is not None and was != now:
+            self.notes.append(f"resumed with autocast {now}; the checkpoint was trained with {was} on {st['config'].get('device', '?')}")
+
+    # --- notes, memory ------------------------------------------------------------------------------------------
+    def note(self, msg:str):
+        "A line for events.log and the output; held until `flush_notes` while the run folder is not written yet."
+        if not self.committed: self.notes.append(msg)
+        elif is_main(): self.run.log(msg, self.echo)
+    def flush_notes(self):
+        "The run folder is written from now on: log what happened before."
+        self.committed = True
+        for m in self.notes: self.note(m)
+        self.notes = []
+    def _forward(self, x, step:int|None=None):
+        fault_oom(len(x), step)                          # fault injection: an out-of-memory where a test asks for one
+        return self.net(x)
+    def memory_check(self):
+        """One real training forward + backward at the micro-batch under the run's autocast, before the first step, so an
+        out-of-memory shows where it costs nothing; random states, gradients and BatchNorm statistics are put back."""
+        import contextlib
+        rng = torch.get_rng_state(), (torch.cuda.get_rng_state_all() if torch.cuda.is_available() else None)
+        bufs = [(b, b.detach().clone()) for b in self.model.buffers()]
+        was = self.model.training
+        while True:
+            oom = None
+            try:
+                self.model.train()
+                x = self._to_device(torch.zeros(self.spec.input_shape(self.micro, self.cfg.frames), dtype=torch.uint8))
+                y = torch.zeros(self.micro, dtype=torch.long, device=self.device)
+                with (self.net.no_sync() if self.net is not self.model else contextlib.nullcontext()):
+                    with self._autocast(): loss = self.loss_fn(self._forward(x).float(), y)
+                    if loss.requires_grad: loss.backward()
+                del x, y, loss
+            except torch.OutOfMemoryError as e: oom = str(e).splitlines()[0]
+            finally:
+                self.opt.zero_grad(set_to_none=True)
+                with torch.no_grad():
+                    for b, v in bufs: b.copy_(v)
+            if oom is None: break
+            self._out_of_memory("the memory check before the first step", oom)
+        self.model.train(was)
+        torch.set_rng_state(rng[0])
+        if rng[1] is not None: torch.cuda.set_rng_state_all(rng[1])
+    def _grad_checkpointing(self, why:str) -> int:
+        n = enable_grad_checkpointing(self.model, self.spec)
+        if n: self.grad_ckpt = True; self.note(f"activation checkpointing on for {n} blocks of {self.cfg.model} ({why})")
+        return n
+    def _set_micro(self, m:int):
+        "Micro-batch `m` with the accumulation that keeps the global batch; new loaders (the sampler cuts the same order finer)."
+        self.accumulate, self.micro = self.accumulate * self.micro // m, m
+        self.close(); self._make_loaders()
+    def _out_of_memory(self, where:str, error:str):
+        """After `torch.OutOfMemoryError`: free the memory, then half the micro-batch and twice the accumulation (the same
+        global batch, sample order and schedule), or activation checkpointing first for a transformer under
+        `grad_checkpoint='auto'` before the micro-batch would drop below 4. `HarError` (one line) when nothing is left."""
+        import gc
+        self.opt.zero_grad(set_to_none=True); gc.collect()
+        if self.device.type == "cuda": torch.cuda.empty_cache()
+        new = max((d for d in range(1, self.micro // 2 + 1) if self.micro % d == 0), default=None)
+        if (self.cfg.grad_checkpoint == "auto" and not self.grad_ckpt and getattr(self.spec, "arch", "cnn") == "transformer"
+                and (new is None or new < 4) and self._grad_checkpointing(f"out of memory at micro-batch {self.micro} in {where}")):
+            return
+        hint = ("" if self.grad_ckpt or self.cfg.grad_checkpoint == "off" else "--grad-checkpoint on, ") + "fewer --frames or a smaller model"
+        if new is None:
+            raise HarError(f"out of GPU memory in {where} even at micro-batch 1 ({self.cfg.model}, {self.cfg.frames} frames, "
+                           f"autocast {dtype_name(self.amp_dtype)}): use {hint}") from None
+        if is_distributed():
+            raise HarError(f"out of GPU memory in {where} at micro-batch {self.micro}; under torchrun restart with --accumulate "
+                           f"{self.accumulate * self.micro // new} (or {hint})") from None
+        old = self.micro
+        self._set_micro(new)
+        self.note(f"out of memory at micro-batch {old} in {where} ({error[:120]}): continuing with micro-batch {new} x accumulate "
+                  f"{self.accumulate} (the same batch {self.micro * self.accumulate * world_size()}, sample order and LR schedule)")
+    def release(self):
+        """Give the GPU back when `fit` ends or fails: loaders shut down, model and optimizer state moved to the CPU (where
+        `FitResult.trainer` stays usable), CUDA's cache emptied, so the next `fit` in a notebook has the whole GPU."""
+        import gc
+        self.close()
+        if self.device.type != "cuda": return
+        self.opt.zero_grad(set_to_none=True)
+        self.model.to("cpu")
+        for st in self.opt.state.values():
+            for k, v in st.items():
+                if torch.is_tensor(v): st[k] = v.cpu()
+        gc.collect(); torch.cuda.empty_cache()
 
     # --- events ------------------------------------------------------------------------------------------------
     def event(self, name:str):
@@ -248,23 +369,26 @@ class Trainer:
         import contextlib
         self.model.train()
         if is_distributed(): torch.manual_seed(derive_seed(self.cfg.seed, "dropout", rank(), self.global_step))
-        loss_sum, correct, count = 0.0, 0, 0
+        loss_sum = torch.zeros((), device=self.device)            # on the device: no host sync per micro-batch
+        correct, count = torch.zeros((), dtype=torch.long, device=self.device), 0
         for i, (x, y) in enumerate(micro_batches):
             x, y = self._to_device(x), y.to(self.device, non_blocking=True)
             last = i == len(micro_batches) - 1       # DDP averages gradients over processes after the last micro-batch
             with (self.net.no_sync() if self.net is not self.model and not last else contextlib.nullcontext()):
                 with self._autocast():
-                    out = self.net(x)
+                    out = self._forward(x, self.global_step + 1)
                     loss = self.loss_fn(out.float(), y)
                 self.scaler.scale(loss / len(micro_batches)).backward()
-            loss_sum += float(loss.detach()) * len(y); correct += int((out.argmax(1) == y).sum()); count += len(y)
+            loss_sum += loss.detach().float() * len(y); correct += (out.detach().argmax(1) == y).sum(); count += len(y)
+            del out, loss
         if self.cfg.clip_grad:
             self.scaler.unscale_(self.opt)
             torch.nn.utils.clip_grad_norm_([p for p in self.model.parameters() if p.requires_grad], self.cfg.clip_grad)
         self.scaler.step(self.opt); self.scaler.update()
         self.opt.zero_grad(set_to_none=True)
         self.sched.step()
-        loss_sum, correct, count = all_reduce_sum([loss_sum, correct, count])   # the global batch's numbers
+        loss_sum, correct = torch.stack([loss_sum, correct.to(loss_sum.dtype)]).tolist()   # the step's one host sync
+        loss_sum, correct, count = all_reduce_sum([loss_sum, round(correct), count])   # the global batch's numbers
         self.last_loss = loss_sum / count
         for k, v in (("loss", loss_sum), ("correct", correct), ("count", count)): self.running[k] += v
 
@@ -298,24 +422,22 @@ class Trainer:
 
     def run_epoch(self):
         self.event("before_epoch")
-        t0 = time.time()
-        A = self.cfg.accumulate
-        if self.step_in_epoch < self.steps_per_epoch:
-            self.sampler.set_epoch(self.epoch, self.step_in_epoch * A)
-            pending = []
-            for x, y in self._batches(self.train_loader):
-                pending.append((x, y))
-                if len(pending) < A: continue
-                self.train_step(pending); pending = []
-                self.step_in_epoch += 1; self.global_step += 1
-                self.running["seconds"] += time.time() - t0; t0 = time.time()
-                if fault_at("HAR_COLAB_KILL_AT_STEP", self.global_step): kill_self(os.environ.get("HAR_COLAB_KILL_SIGNAL", "SIGKILL"))
-                self.event("after_step")
-                self._stop_point()
+        while self.step_in_epoch < self.steps_per_epoch:
+            oom = None
+            try: self._train_steps()
+            except torch.OutOfMemoryError as e: oom = str(e).splitlines()[0]   # handled below, once the traceback is gone
+            if oom is None: break
+            torch.set_rng_state(self._step_rng[0])                            # the step runs again from its start
+            if self._step_rng[1] is not None: torch.cuda.set_rng_state_all(self._step_rng[1])
+            self._out_of_memory(f"step {self.global_step + 1}", oom)
         self.event("after_train")
         self._stop_point()
         t0 = time.time()
-        m = self.evaluate()
+        while True:
+            oom = None
+            try: m = self.evaluate(); break
+            except torch.OutOfMemoryError as e: oom = str(e).splitlines()[0]
+            self._out_of_memory(f"the validation of epoch {self.epoch + 1}", oom)
         r = self.running
         row = {"epoch": self.epoch + 1, "train_loss": r["loss"] / max(1, r["count"]), "train_acc": r["correct"] / max(1, r["count"]),
                **m, "lr": self.lr, "epoch_seconds": r["seconds"] + time.time() - t0}
@@ -327,6 +449,24 @@ class Trainer:
         self.epoch += 1; self.step_in_epoch = 0
         self.running = {"loss": 0.0, "correct": 0, "count": 0, "seconds": 0.0}
         self.event("after_epoch")
+
+    def _train_steps(self):
+        "The optimizer steps left in this epoch, from `step_in_epoch` on."
+        t0, A = time.time(), self.accumulate
+        self.sampler.set_epoch(self.epoch, self.step_in_epoch * A)
+        pending = []
+        cuda = torch.cuda.is_available()
+        self._step_rng = torch.get_rng_state(), (torch.cuda.get_rng_state_all() if cuda else None)
+        for x, y in self._batches(self.train_loader):
+            pending.append((x, y))
+            if len(pending) < A: continue
+            self.train_step(pending); pending = []
+            self.step_in_epoch += 1; self.global_step += 1
+            self.running["seconds"] += time.time() - t0; t0 = time.time()
+            if fault_at("HAR_COLAB_KILL_AT_STEP", self.global_step): kill_self(os.environ.get("HAR_COLAB_KILL_SIGNAL", "SIGKILL"))
+            self.event("after_step")
+            self._stop_point()
+            self._step_rng = torch.get_rng_state(), (torch.cuda.get_rng_state_all() if cuda else None)
 
 # %% ../nbs/40_train.ipynb #2435f567
 @dataclass
@@ -369,7 +509,8 @@ def fit(config:TrainConfig, callbacks=None, echo=print,
     device = resolve_device(init_distributed(cfg.device))   # under torchrun: join the job, one GPU per process
     if not is_main(): echo = lambda *a, **k: None          # only process 0 writes the run folder and prints
     start = open_run(cfg, echo)                             # the run folder, locked; nothing written yet
-    try: return _fit_run(cfg, start, device, callbacks, echo, cli)
+    try:
+        with device_settings(device, cfg.deterministic): return _fit_run(cfg, start, device, callbacks, echo, cli)
     finally: start.close()                                  # the lock goes when fit ends or fails
 
 def _fit_run(cfg:TrainConfig, start:RunStart, device, callbacks, echo, cli:bool=False) -> FitResult:
@@ -388,6 +529,16 @@ def _fit_run(cfg:TrainConfig, start:RunStart, device, callbacks, echo, cli:bool=
     val_ds = clip_dataset(cfg, val_s, train=False, run_dir=run.root, cache=cache)
     cbs = default_callbacks(cfg) if callbacks is None else list(callbacks)
     trainer = Trainer(cfg, model, train_ds, val_ds, run, cbs, samples, device, echo)
+    try: return _train(cfg, start, trainer, cli)
+    except BaseException as e:       # a traceback kept by a notebook must not keep the GPU full: its frames are cleared
+        trainer.release(); import traceback; traceback.clear_frames(e.__traceback__)
+        raise
+    finally: trainer.release()
+
+def _train(cfg:TrainConfig, start:RunStart, trainer:Trainer, cli:bool) -> FitResult:
+    "`_fit_run` once the trainer is built: resume or start, the memory check, `start.commit`, then the loop."
+    run, state, path, train_s, val_s, echo = start.run, start.state, start.path, start.train, start.val, trainer.echo
+    model, device = trainer.model, trainer.device
     if state is not None:
         trainer.load_state_dict(state)
         if trainer.done:
@@ -404,7 +555,9 @@ def _fit_run(cfg:TrainConfig, start:RunStart, device, callbacks, echo, cli:bool=
         message = (f"started {cfg.model} on {len(train_s)} train / {len(val_s)} val videos, {train_s.num_classes} classes, "
                    f"{tr:,} trainable / {fr:,} frozen parameters, device {device}"
                    + (f", {world_size()} processes (DDP)" if is_distributed() else ""))
-    start.commit(cfg, samples, message, echo)               # every start check passed: the run folder is written from here
+    trainer.memory_check()                                  # an out-of-memory shows before the run folder is written
+    start.commit(cfg, trainer.samples, message, echo)       # every start check passed: the run folder is written from here
+    trainer.flush_notes()
     status = trainer.fit()
     warnings = [w for cb in trainer.callbacks for w in getattr(cb, "warnings", [])]
     bad = sorted({l.split("skipped bad video ", 1)[1].split(":")[0] for l in run.events.read_text().splitlines()
@@ -430,16 +583,27 @@ class EvalResult:
         worst = sorted(self.per_class().items(), key=lambda kv: kv[1])[:3]
         return s + "; weakest classes: " + ", ".join(f"{c} {100*a:.0f}%" for c, a in worst)
 
-def evaluate_run(run_dir, checkpoint:str="best", clips:int|None=None, data=None, workers:int=2, device="auto") -> EvalResult:
-    "Evaluate checkpoint `best`, `last` or a path of the run in `run_dir`."
+def evaluate_run(run_dir, checkpoint:str="best", clips:int|None=None, data=None, workers:int=2, device="auto",
+                 batch_size:int|None=None) -> EvalResult:
+    "Evaluate checkpoint `best`, `last` or a path of the run in `run_dir`, `batch_size` clips at a time (default: the run's micro-batch)."
     from .plots import confusion_matrix, plot_confusion
     saved = load_run(run_dir, checkpoint, data)
     cfg, names, dev = saved.config, saved.class_names, resolve_device(device)
+    if batch_size is not None and batch_size < 1: raise ConfigError(f"batch_size={batch_size}; use 1 or more clips")
     model = saved.model(dev)
     K = clips or cfg.eval_clips
     ds = clip_dataset(cfg, saved.val, train=False, clips_per_video=K)
-    loader = torch.utils.data.DataLoader(ds, batch_size=max(1, cfg.batch_size // cfg.accumulate), num_workers=workers)
-    m, probs, labels = evaluate(model, loader, len(names), lambda x: ds.transform.normalize_batch(x.to(dev)))
+    cuda = dev.type == "cuda"                              # the trainer's GPU path: pinned memory, channels_last, autocast
+    cl = cfg.channels_last and cuda and getattr(get_spec(cfg.model), "arch", "cnn") != "transformer"
+    if cl: model = model.to(memory_format=torch.channels_last_3d)
+    dt = amp_dtype(dev, cfg.amp)
+    loader = torch.utils.data.DataLoader(ds, batch_size=batch_size or max(1, cfg.batch_size // cfg.accumulate),
+                                         num_workers=workers, pin_memory=cuda)
+    def to_dev(x):
+        x = ds.transform.normalize_batch(x.to(dev, non_blocking=True))
+        return x.contiguous(memory_format=torch.channels_last_3d) if cl else x
+    with device_settings(dev):
+        m, probs, labels = evaluate(model, loader, len(names), to_dev, (lambda: torch.autocast(dev.type, dtype=dt)) if dt else None)
     cm = confusion_matrix(probs.argmax(1).tolist(), labels.tolist(), len(names))
     run = RunFolder(run_dir)
     plot_confusion(cm, names, run.root/"confusion.png")
