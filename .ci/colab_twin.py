@@ -156,6 +156,7 @@ def main():
         suite = tmp / "suite"                                     # outside the checkout: imports the installed package
         shutil.copytree(ROOT / "tests", suite / "tests", ignore=shutil.ignore_patterns("__pycache__"))
         shutil.copytree(ROOT / "nbs" / "tutorials", suite / "nbs" / "tutorials")
+        shutil.copy2(ROOT / "benchmarks" / "gpu_check.py", suite / "gpu_check.py")   # tests/test_gpu_check.py runs it
         env = colab_env(py)
         where = run(py, "-c", "import har_colab, torchcodec.decoders, av, decord; print(har_colab.__file__, har_colab.__version__)",
                     cwd=suite, env=env, quiet=True).stdout.strip()           # and all three decoders import

@@ -1,0 +1,213 @@
+"""One command for any CUDA machine: what the GPU path does there, as a markdown section for BENCHMARKS.md.
+
+    python benchmarks/gpu_check.py [--device cuda] [--out FILE]      # under 8 minutes on a GPU
+    python benchmarks/gpu_check.py --device cpu --quick              # CI: the same code on the CPU, small, ~1 minute
+
+Sections: the device and the autocast type `amp=auto` picks; one training step of r3d_18 / x3d_s / mvit_v2_s in fp16,
+bf16 (where native) and fp32 (s/step, clips/s); peak memory at micro-batch 1, 4, 8; the out-of-memory fallback on a
+deliberately too-large batch (on the CPU it is injected: HAR_COLAB_OOM_ABOVE); a short real run killed with SIGKILL and
+resumed (same samples, weights compared with an uninterrupted run); and the input pipeline on 2 CPU cores (Colab's
+count) against the GPU's training rate, which says whether input or the GPU bounds an epoch.
+"""
+import argparse
+import csv
+import os
+import signal
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+import torch
+
+HERE = Path(__file__).resolve().parent
+
+
+def har(*args, env=None, timeout=600):
+    "`har-colab ARGS` in a subprocess of this Python."
+    e = dict(os.environ, PYTHONUNBUFFERED="1", **(env or {}))
+    return subprocess.run([sys.executable, "-m", "har_colab.cli", *map(str, args)], capture_output=True, text=True, env=e,
+                          timeout=timeout)
+
+
+def device_section(dev):
+    from har_colab.core import amp_dtype
+    lines = [f"- torch {torch.__version__}, CUDA {torch.version.cuda}, cuDNN {torch.backends.cudnn.version()}"]
+    if dev.type == "cuda":
+        p = torch.cuda.get_device_properties(dev)
+        lines.insert(0, f"- device: **{p.name}**, sm_{p.major}{p.minor}, {p.total_memory / 2**30:.1f} GiB")
+    else:
+        lines.insert(0, f"- device: CPU ({os.cpu_count()} cores): no GPU, so the GPU columns say n/a")
+    lines.append(f"- `amp=auto` picks: {str(amp_dtype(dev, 'auto')).replace('torch.', '')} (None: float32)")
+    return lines
+
+
+def step_time(name, dev, dtype, micro, steps, frames=None, size=None):
+    "(s/step, peak GiB or None) of `steps` training steps of `name` at `micro` clips after one warm-up step."
+    from har_colab.models import create_model, get_spec
+    spec = get_spec(name)
+    torch.manual_seed(0)
+    model = create_model(name, 10, pretrained=False).to(dev).train()
+    opt = torch.optim.AdamW(model.parameters(), lr=1e-4)
+    scaler = torch.amp.GradScaler(dev.type, enabled=dtype == torch.float16)
+    shape = (micro, 3, frames or spec.frames, size or spec.crop, size or spec.crop)
+    x, y = torch.randn(shape, device=dev), torch.randint(0, 10, (micro,), device=dev)
+    def one():
+        with torch.autocast(dev.type, dtype=dtype or torch.float32, enabled=dtype is not None):
+            loss = torch.nn.functional.cross_entropy(model(x).float(), y)
+        scaler.scale(loss).backward(); scaler.step(opt); scaler.update(); opt.zero_grad(set_to_none=True)
+    if dev.type == "cuda": torch.cuda.reset_peak_memory_stats(dev)
+    one()
+    if dev.type == "cuda": torch.cuda.synchronize(dev)
+    t0 = time.perf_counter()
+    for _ in range(steps): one()
+    if dev.type == "cuda": torch.cuda.synchronize(dev)
+    peak = torch.cuda.max_memory_allocated(dev) / 2**30 if dev.type == "cuda" else None
+    del model, opt, x, y
+    if dev.type == "cuda": torch.cuda.empty_cache()
+    return (time.perf_counter() - t0) / steps, peak
+
+
+def dtypes(dev):
+    from har_colab.core import native_bf16
+    if dev.type != "cuda": return [("fp32", None)]
+    return [("fp16", torch.float16)] + ([("bf16", torch.bfloat16)] if native_bf16(dev) else []) + [("fp32", None)]
+
+
+def steps_section(dev, models, micro, steps, small):
+    out = ["| model | dtype | micro-batch | s/step | clips/s | peak GiB |", "| --- | --- | ---: | ---: | ---: | ---: |"]
+    for name in models:
+        for label, dt in dtypes(dev):
+            s, peak = step_time(name, dev, dt, micro, steps, *(small.get(name, (None, None))))
+            out.append(f"| {name} | {label} | {micro} | {s:.3f} | {micro / s:.1f} | {'n/a' if peak is None else f'{peak:.2f}'} |")
+    return out
+
+
+def memory_section(dev, models, small):
+    from har_colab.core import amp_dtype
+    if dev.type != "cuda": return ["peak memory: n/a on the CPU (it is `torch.cuda.max_memory_allocated` on a GPU)"]
+    dt = amp_dtype(dev, "auto")
+    out = [f"| model ({str(dt).replace('torch.', '')}) | micro 1 GiB | micro 4 GiB | micro 8 GiB |", "| --- | ---: | ---: | ---: |"]
+    for name in models:
+        cells = []
+        for m in (1, 4, 8):
+            try: cells.append(f"{step_time(name, dev, dt, m, 1, *(small.get(name, (None, None))))[1]:.2f}")
+            except torch.OutOfMemoryError: cells.append("OOM"); torch.cuda.empty_cache()
+        out.append(f"| {name} | " + " | ".join(cells) + " |")
+    return out
+
+
+def train_args(run, data, model, dev, *extra):
+    return ["train", "--run-dir", run, "--data", data, "--model", model, "--no-pretrained", "--no-hflip", "--device", dev,
+            "--eval-clips", "1", "--workers", "2", "--no-progress", "--no-plot", "--no-tensorboard", "--save-every-minutes", "0",
+            *extra]
+
+
+def oom_section(dev, data, tmp, model, batch):
+    "A run whose batch does not fit: on a GPU for real, on the CPU injected above micro-batch 2."
+    env = {} if dev.type == "cuda" else {"HAR_COLAB_OOM_ABOVE": "2"}
+    run = tmp / "oom"
+    r = har(*train_args(run, data, model, dev, "--epochs", "1", "--batch-size", batch, "--max-steps-per-epoch", "1"), env=env)
+    lines = [l.split(" ", 1)[1] for l in (run / "events.log").read_text().splitlines() if "out of memory" in l or "checkpointing on" in l] \
+        if (run / "events.log").exists() else []
+    how = "real" if dev.type == "cuda" else "injected (HAR_COLAB_OOM_ABOVE=2)"
+    ok = r.returncode == 0 and lines
+    out = [f"- {model}, batch {batch}, out-of-memory {how}: exit {r.returncode}, {'completed' if ok else 'FAILED'}"]
+    out += [f"  - {l}" for l in lines] or [f"  - {r.stderr.strip().splitlines()[-1] if r.stderr.strip() else 'no out-of-memory happened'}"]
+    return out, bool(ok) or (dev.type == "cuda" and r.returncode == 0)
+
+
+def resume_section(dev, data, tmp, model, epochs, batch):
+    "An uninterrupted run, and the same run killed with SIGKILL at step k and resumed: same samples, weights compared."
+    ref, got = tmp / "ref", tmp / "killed"
+    a = train_args(ref, data, model, dev, "--epochs", epochs, "--batch-size", batch)
+    r = har(*a)
+    if r.returncode: return [f"- reference run failed: {r.stderr.strip().splitlines()[-1]}"], False
+    total = torch.load(ref / "checkpoints" / "last.pt", weights_only=True, map_location="cpu")["global_step"]
+    k = max(1, total // 2)
+    r = har(*train_args(got, data, model, dev, "--epochs", epochs, "--batch-size", batch), env={"HAR_COLAB_KILL_AT_STEP": str(k)})
+    killed = r.returncode == -signal.SIGKILL
+    r = har(*train_args(got, data, model, dev, "--epochs", epochs, "--batch-size", batch))
+    wa = torch.load(ref / "checkpoints" / "last.pt", weights_only=True, map_location="cpu")
+    wb = torch.load(got / "checkpoints" / "last.pt", weights_only=True, map_location="cpu")
+    diff = max(float((wa["model"][n].float() - wb["model"][n].float()).abs().max()) for n in wa["model"])
+    exact = diff == 0
+    same = torch.equal(wa["epoch_order"], wb["epoch_order"]) and wa["global_step"] == wb["global_step"]
+    rows = lambda p: ", ".join(f"{100 * float(r['val_acc']):.1f}%" for r in csv.DictReader(open(p / "metrics.csv")))
+    ok = killed and r.returncode == 0 and same and (exact or dev.type == "cuda")
+    return [f"- {model}, {epochs} epochs x {total // int(epochs)} steps, SIGKILL at step {k}: "
+            f"{'killed' if killed else 'NOT killed'}, resumed exit {r.returncode}; same sample order and steps: {same}; "
+            f"largest weight difference {diff:.3g} ({'bit-exact' if exact else 'not bit-exact: expected on CUDA'}); "
+            f"val_acc per epoch {rows(ref)} vs {rows(got)}"], ok
+
+
+def input_rate(model, data, seconds_cap, cores=(0, 1)):
+    "Clips/s of the training DataLoader (2 workers) with this process and its workers pinned to 2 CPU cores."
+    code = f"""
+import os, time, torch
+os.sched_setaffinity(0, {set(cores)!r} & os.sched_getaffinity(0) or os.sched_getaffinity(0))
+from har_colab.train import TrainConfig
+from har_colab.config import resolve_config
+from har_colab.build import build_samples, clip_dataset
+cfg = resolve_config(TrainConfig(data={str(data)!r}, model={model!r}, pretrained=False, workers=2))
+tr, _ = build_samples(cfg)
+ds = clip_dataset(cfg, tr, train=True)
+dl = torch.utils.data.DataLoader(ds, batch_size=8, shuffle=True, num_workers=2, drop_last=True)
+n, t0 = 0, None
+for i, (x, y) in enumerate(dl):
+    if i == 1: t0 = time.perf_counter()
+    elif i > 1: n += len(x)
+    if t0 and time.perf_counter() - t0 > {seconds_cap}: break
+print(n / (time.perf_counter() - t0))
+"""
+    r = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=600)
+    return float(r.stdout.strip().splitlines()[-1]) if r.returncode == 0 else None
+
+
+def main():
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
+    ap.add_argument("--quick", action="store_true", help="small models and data (CI on the CPU)")
+    ap.add_argument("--out", help="also write the markdown here")
+    a = ap.parse_args()
+    dev = torch.device(a.device)
+    if dev.type == "cuda" and not torch.cuda.is_available(): sys.exit("gpu_check: no CUDA GPU visible; use --device cpu --quick")
+    from har_colab.synthetic import make_synthetic_dataset
+    t0 = time.time()
+    quick = a.quick
+    models = ["tiny3d", "r3d_18"] if quick else ["r3d_18", "x3d_s", "mvit_v2_s"]
+    small = {"r3d_18": (8, 32)} if quick else {}           # (frames, crop) for a CPU-sized step
+    md, ok = [f"## GPU check ({'quick, ' if quick else ''}{a.device})", "", f"`python benchmarks/gpu_check.py --device {a.device}"
+              f"{' --quick' if quick else ''}`", ""], True
+    md += device_section(dev) + ["", "### One training step", ""]
+    md += steps_section(dev, models, 2 if quick else 8, 1 if quick else 5, small)
+    md += ["", "### Peak memory", ""] + memory_section(dev, models, small)
+    with tempfile.TemporaryDirectory(prefix="har_gpu_check_") as tmp:
+        tmp = Path(tmp)
+        data = make_synthetic_dataset(tmp / "motion", classes=4, videos_per_class=12 if quick else 40, frames=20)
+        lines, good = oom_section(dev, data, tmp, "tiny3d" if quick else "mvit_v2_s", 8 if quick else 128)
+        md += ["", "### Out-of-memory fallback", ""] + lines; ok &= good
+        lines, good = resume_section(dev, data, tmp, "tiny3d" if quick else "r3d_18", "2", "8")
+        md += ["", "### Killed with SIGKILL and resumed", ""] + lines; ok &= good
+        big = data if quick else make_synthetic_dataset(tmp / "big", classes=4, videos_per_class=20, frames=48, size=(320, 240))
+        rate = input_rate("tiny3d" if quick else "r3d_18", big, 5 if quick else 30)   # HMDB51-sized videos on a GPU
+        gpu_rate = None
+        if dev.type == "cuda":
+            from har_colab.core import amp_dtype
+            s, _ = step_time("r3d_18", dev, amp_dtype(dev, "auto"), 8, 5)
+            gpu_rate = 8 / s
+        md += ["", "### Input pipeline on 2 CPU cores vs the GPU", ""]
+        md.append(f"- DataLoader (2 workers, pinned to 2 cores): {rate:.1f} clips/s" if rate else "- DataLoader: FAILED")
+        if gpu_rate: md.append(f"- r3d_18 training at micro-batch 8 on the GPU: {gpu_rate:.1f} clips/s: an epoch is "
+                               f"{'input-bound' if rate and rate < gpu_rate else 'GPU-bound'} on 2 cores")
+        ok &= rate is not None
+    md += ["", f"{'all checks passed' if ok else 'SOME CHECKS FAILED'} in {time.time() - t0:.0f} s"]
+    text = "\n".join(md) + "\n"
+    print(text)
+    if a.out: Path(a.out).write_text(text)
+    return 0 if ok else 1
+
+
+if __name__ == "__main__":
+    sys.exit(main())
