@@ -32,14 +32,14 @@ def har(*args, env=None, timeout=600):
 
 
 def device_section(dev):
-    from har_colab.core import amp_dtype
+    from har_colab.core import amp_dtype, dtype_name
     lines = [f"- torch {torch.__version__}, CUDA {torch.version.cuda}, cuDNN {torch.backends.cudnn.version()}"]
     if dev.type == "cuda":
         p = torch.cuda.get_device_properties(dev)
         lines.insert(0, f"- device: **{p.name}**, sm_{p.major}{p.minor}, {p.total_memory / 2**30:.1f} GiB")
     else:
         lines.insert(0, f"- device: CPU ({os.cpu_count()} cores): no GPU, so the GPU columns say n/a")
-    lines.append(f"- `amp=auto` picks: {str(amp_dtype(dev, 'auto')).replace('torch.', '')} (None: float32)")
+    lines.append(f"- `amp=auto` picks: {dtype_name(amp_dtype(dev, 'auto'))} (float32: no autocast)")
     return lines
 
 
@@ -85,10 +85,10 @@ def steps_section(dev, models, micro, steps, small):
 
 
 def memory_section(dev, models, small):
-    from har_colab.core import amp_dtype
+    from har_colab.core import amp_dtype, dtype_name
     if dev.type != "cuda": return ["peak memory: n/a on the CPU (it is `torch.cuda.max_memory_allocated` on a GPU)"]
     dt = amp_dtype(dev, "auto")
-    out = [f"| model ({str(dt).replace('torch.', '')}) | micro 1 GiB | micro 4 GiB | micro 8 GiB |", "| --- | ---: | ---: | ---: |"]
+    out = [f"| model ({dtype_name(dt)}) | micro 1 GiB | micro 4 GiB | micro 8 GiB |", "| --- | ---: | ---: | ---: |"]
     for name in models:
         cells = []
         for m in (1, 4, 8):

@@ -24,9 +24,9 @@ import torch
 # %% auto #0
 __all__ = ['VML_OPS', 'HarError', 'ConfigError', 'DataError', 'CheckpointError', 'ShapeError', 'RunFolderError',
            'seed_everything', 'derive_seed', 'torch_generator', 'warm_up_cpu_math', 'resolve_device', 'native_bf16',
-           'amp_dtype', 'device_settings', 'amp_warning', 'fsync_dir', 'write_temp', 'commit_temp', 'atomic_write',
-           'atomic_write_text', 'atomic_write_json', 'log_event', 'fault_injected', 'fault_at', 'fault_oom',
-           'kill_self', 'fault_oserror', 'fault_pause']
+           'amp_dtype', 'device_settings', 'dtype_name', 'amp_warning', 'fsync_dir', 'write_temp', 'commit_temp',
+           'atomic_write', 'atomic_write_text', 'atomic_write_json', 'log_event', 'fault_injected', 'fault_at',
+           'fault_oom', 'kill_self', 'fault_oserror', 'fault_pause']
 
 # %% ../nbs/00_core.ipynb #d5bec1c3
 class HarError(Exception):
@@ -134,6 +134,10 @@ def device_settings(device, deterministic:bool=False):
         torch.use_deterministic_algorithms(old[2], warn_only=old[3])
         if old[4] is None: os.environ.pop("CUBLAS_WORKSPACE_CONFIG", None)
         else: os.environ["CUBLAS_WORKSPACE_CONFIG"] = old[4]
+
+def dtype_name(dt:torch.dtype|None) -> str:
+    "'float16', 'bfloat16' or 'float32' (no autocast): how reports and checkpoints name an autocast type."
+    return "float32" if dt is None else str(dt).removeprefix("torch.")
 
 def amp_warning(device:torch.device, amp:str) -> str|None:
     "The warning for `amp='bf16'` forced on a GPU without native bf16 (None otherwise)."

@@ -517,6 +517,8 @@ def nan_advice(dtype:torch.dtype|None=None, device="cuda") -> str:
     alt = "--amp bf16 (native on this GPU)" if native_bf16(device) else "--amp off (float32: bf16 is emulated, slow, on this GPU)"
     return f"{base}; fp16 already runs with a GradScaler: try --clip-grad 1 or {alt}"
 
+def _nan_advice_of(t) -> str: return nan_advice(getattr(t, "amp_dtype", None), getattr(t, "device", "cpu"))
+
 def history_findings(history:list, num_classes:int, patience:int=3, margin:float=0.05, nan_hint:str|None=None) -> list:
     "Training-time findings from a run's `history` (dicts with train_loss, train_acc, val_loss, val_acc); `nan_hint`: `nan_advice` of the run."
     sec, chance, n = "training", 1 / num_classes, len(history)
@@ -570,11 +572,10 @@ class DoctorCallback(Callback):
         loss = getattr(t, "last_loss", None)
         if loss is not None and not math.isfinite(loss):
             self._warn(t, Finding("loss finite", "fail", f"loss became {loss} at epoch {len(t.history) + 1}",
-                                  nan_advice(getattr(t, "amp_dtype", None), getattr(t, "device", "cpu")), "training"))
+                                  _nan_advice_of(t), "training"))
             if self.stop_on_nan: t.request_stop("loss became NaN")
     def after_validate(self, t):
-        hint = nan_advice(t.amp_dtype, t.device) if hasattr(t, "amp_dtype") else None
-        for f in history_findings(t.history, t.num_classes, self.patience, self.margin, hint):
+        for f in history_findings(t.history, t.num_classes, self.patience, self.margin, _nan_advice_of(t)):
             if f.status != "pass": self._warn(t, f)
 
 # %% ../nbs/60_doctor.ipynb #dbea65c2

@@ -76,10 +76,10 @@ def env_report(paths:dict|None=None) -> dict:
            "colab": in_colab(), "cpus": os.cpu_count(), "cuda": torch.version.cuda if torch.cuda.is_available() else None,
            "gpu": None, "gpu_memory_gb": None, "compute_capability": None, "bf16": None, "amp_auto": "off (no GPU)"}
     if torch.cuda.is_available():
-        from har_colab.core import amp_dtype, native_bf16
+        from har_colab.core import amp_dtype, dtype_name, native_bf16
         p = torch.cuda.get_device_properties(0)
         rep.update(gpu=p.name, gpu_memory_gb=round(p.total_memory/2**30, 1), compute_capability=f"{p.major}.{p.minor}",
-                   bf16=native_bf16("cuda:0"), amp_auto=str(amp_dtype("cuda:0")).replace("torch.", ""))
+                   bf16=native_bf16("cuda:0"), amp_auto=dtype_name(amp_dtype("cuda:0")))
     for k, v in (paths or {}).items(): rep[f"free_gb_{k}"] = _free_gb(v)
     return rep
 

@@ -20,7 +20,8 @@ import torch.nn.functional as F
 from torch import nn
 
 from .core import (ConfigError, DataError, HarError, amp_dtype, amp_warning, atomic_write_json, derive_seed,
-                            device_settings, fault_at, fault_injected, fault_oom, kill_self, resolve_device, seed_everything)
+                            device_settings, dtype_name, fault_at, fault_injected, fault_oom, kill_self, resolve_device,
+                            seed_everything)
 from .events import EVENTS, Callback, StopTraining
 from .clips import ClipDataset
 from .models import check_input, count_parameters, enable_grad_checkpointing, get_spec, lr_scales
@@ -33,8 +34,9 @@ from .distributed import (all_reduce_sum, barrier, broadcast_buffers, init_distr
 from .callbacks import PlotCallback, default_callbacks
 
 # %% auto #0
-__all__ = ['EpochBatchSampler', 'lr_factor', 'make_optimizer', 'amp_setup', 'dtype_name', 'to_cpu', 'ignore_stop_signals',
-           'evaluate', 'Trainer', 'FitResult', 'preflight', 'fit', 'EvalResult', 'evaluate_run']
+__all__ = ['EpochBatchSampler', 'lr_factor', 'make_optimizer', 'amp_setup', 'to_cpu', 'torch_rng_state', 'set_torch_rng_state',
+           'uses_channels_last', 'batch_to_device', 'ignore_stop_signals', 'evaluate', 'Trainer', 'FitResult',
+           'preflight', 'fit', 'EvalResult', 'evaluate_run']
 
 # %% ../nbs/40_train.ipynb #982498a6
 class EpochBatchSampler:
@@ -81,16 +83,30 @@ def amp_setup(device:torch.device, amp:str="auto", bf16_supported=None) -> tuple
     dt = amp_dtype(device, amp, bf16_supported)
     return dt, dt == torch.float16
 
-def dtype_name(dt:torch.dtype|None) -> str:
-    "'float16', 'bfloat16' or 'float32' (no autocast): what a checkpoint stores as its autocast type."
-    return "float32" if dt is None else str(dt).removeprefix("torch.")
-
 def to_cpu(obj):
     "`obj` with its tensors on the CPU: a checkpoint's optimizer state loads with `weights_only=True` on a machine without a GPU."
     if torch.is_tensor(obj): return obj.detach().cpu()
     if isinstance(obj, dict): return {k: to_cpu(v) for k, v in obj.items()}
     if isinstance(obj, (list, tuple)): return type(obj)(to_cpu(v) for v in obj)
     return obj
+
+def torch_rng_state() -> tuple:
+    "torch's CPU and CUDA random states, to put back with `set_torch_rng_state` (a step or a check that runs again)."
+    return torch.get_rng_state(), (torch.cuda.get_rng_state_all() if torch.cuda.is_available() else None)
+
+def set_torch_rng_state(st:tuple):
+    torch.set_rng_state(st[0])
+    if st[1] is not None: torch.cuda.set_rng_state_all(st[1])
+
+def uses_channels_last(cfg:TrainConfig, device:torch.device) -> bool:
+    "channels_last_3d: for convolutional models on CUDA when `cfg.channels_last` (transformers gain nothing)."
+    return cfg.channels_last and device.type == "cuda" and getattr(get_spec(cfg.model), "arch", "cnn") != "transformer"
+
+def batch_to_device(x:torch.Tensor, device, transform, channels_last:bool=False) -> torch.Tensor:
+    "A batch from the loader on `device`: uint8 clips normalised there (`transform.normalize_batch`), channels_last if asked."
+    x = x.to(device, non_blocking=True)
+    if x.dtype == torch.uint8: x = transform.normalize_batch(x)
+    return x.contiguous(memory_format=torch.channels_last_3d) if channels_last else x
 
 # %% ../nbs/40_train.ipynb #a9b88390
 def ignore_stop_signals(worker_id:int=0):
@@ -163,10 +179,10 @@ class Trainer:
         self.total_steps = self.steps_per_epoch * cfg.epochs
         self.warmup_steps = int(round(cfg.warmup_epochs * self.steps_per_epoch))
         self.amp_dtype, use_scaler = amp_setup(self.device, cfg.amp)
-        if amp_warning(self.device, cfg.amp): self.notes.append(amp_warning(self.device, cfg.amp))
+        self.notes += [w for w in [amp_warning(self.device, cfg.amp)] if w]
         self.model.to(self.device)
         if cfg.grad_checkpoint == "on": self._grad_checkpointing("--grad-checkpoint on")
-        self.channels_last = cfg.channels_last and self.device.type == "cuda" and getattr(self.spec, "arch", "cnn") != "transformer"
+        self.channels_last = uses_channels_last(cfg, self.device)
         if self.channels_last: self.model.to(memory_format=torch.channels_last_3d)
         self.model, self.net = wrap_model(self.model, self.device, cfg.sync_bn)   # net: DDP under torchrun, else the model
         self.opt = make_optimizer(self.model, cfg)
@@ -255,11 +271,8 @@ class Trainer:
         """One real training forward + backward at the micro-batch under the run's autocast, before the first step, so an
         out-of-memory shows where it costs nothing; random states, gradients and BatchNorm statistics are put back."""
         import contextlib
-        rng = torch.get_rng_state(), (torch.cuda.get_rng_state_all() if torch.cuda.is_available() else None)
-        bufs = [(b, b.detach().clone()) for b in self.model.buffers()]
-        was = self.model.training
-        while True:
-            oom = None
+        rng, bufs, was = torch_rng_state(), [(b, b.detach().clone()) for b in self.model.buffers()], self.model.training
+        def check():
             try:
                 self.model.train()
                 x = self._to_device(torch.zeros(self.spec.input_shape(self.micro, self.cfg.frames), dtype=torch.uint8))
@@ -267,17 +280,20 @@ class Trainer:
                 with (self.net.no_sync() if self.net is not self.model else contextlib.nullcontext()):
                     with self._autocast(): loss = self.loss_fn(self._forward(x).float(), y)
                     if loss.requires_grad: loss.backward()
-                del x, y, loss
-            except torch.OutOfMemoryError as e: oom = str(e).splitlines()[0]
             finally:
                 self.opt.zero_grad(set_to_none=True)
                 with torch.no_grad():
                     for b, v in bufs: b.copy_(v)
-            if oom is None: break
-            self._out_of_memory("the memory check before the first step", oom)
+        self._until_it_fits(check, lambda: "the memory check before the first step")
         self.model.train(was)
-        torch.set_rng_state(rng[0])
-        if rng[1] is not None: torch.cuda.set_rng_state_all(rng[1])
+        set_torch_rng_state(rng)
+    def _until_it_fits(self, fn, where, before_retry=None):
+        "`fn()`, run again after each `torch.OutOfMemoryError` at a smaller micro-batch (`_out_of_memory`); `where()` names it."
+        while True:
+            try: return fn()
+            except torch.OutOfMemoryError as e: oom = str(e).splitlines()[0]   # handled below, once the traceback is gone
+            if before_retry: before_retry()
+            self._out_of_memory(where(), oom)
     def _grad_checkpointing(self, why:str) -> int:
         n = enable_grad_checkpointing(self.model, self.spec)
         if n: self.grad_ckpt = True; self.note(f"activation checkpointing on for {n} blocks of {self.cfg.model} ({why})")
@@ -316,9 +332,7 @@ class Trainer:
         if self.device.type != "cuda": return
         self.opt.zero_grad(set_to_none=True)
         self.model.to("cpu")
-        for st in self.opt.state.values():
-            for k, v in st.items():
-                if torch.is_tensor(v): st[k] = v.cpu()
+        for p, st in self.opt.state.items(): self.opt.state[p] = to_cpu(st)
         gc.collect(); torch.cuda.empty_cache()
 
     # --- events ------------------------------------------------------------------------------------------------
@@ -357,10 +371,7 @@ class Trainer:
                 loader._iterator._shutdown_workers(); loader._iterator = None
 
     # --- one batch -----------------------------------------------------------------------------------------------
-    def _to_device(self, x):
-        x = x.to(self.device, non_blocking=True)
-        if x.dtype == torch.uint8: x = self.train_ds.transform.normalize_batch(x)   # uint8 clips: normalised here
-        return x.contiguous(memory_format=torch.channels_last_3d) if self.channels_last else x
+    def _to_device(self, x): return batch_to_device(x, self.device, self.train_ds.transform, self.channels_last)
     def _autocast(self):
         if self.amp_dtype is None: return torch.autocast(self.device.type, enabled=False)
         return torch.autocast(self.device.type, dtype=self.amp_dtype)
@@ -422,22 +433,13 @@ class Trainer:
 
     def run_epoch(self):
         self.event("before_epoch")
-        while self.step_in_epoch < self.steps_per_epoch:
-            oom = None
-            try: self._train_steps()
-            except torch.OutOfMemoryError as e: oom = str(e).splitlines()[0]   # handled below, once the traceback is gone
-            if oom is None: break
-            torch.set_rng_state(self._step_rng[0])                            # the step runs again from its start
-            if self._step_rng[1] is not None: torch.cuda.set_rng_state_all(self._step_rng[1])
-            self._out_of_memory(f"step {self.global_step + 1}", oom)
+        if self.step_in_epoch < self.steps_per_epoch:       # a failed step runs again from its start and its random state
+            self._until_it_fits(self._train_steps, lambda: f"step {self.global_step + 1}",
+                                lambda: set_torch_rng_state(self._step_rng))
         self.event("after_train")
         self._stop_point()
         t0 = time.time()
-        while True:
-            oom = None
-            try: m = self.evaluate(); break
-            except torch.OutOfMemoryError as e: oom = str(e).splitlines()[0]
-            self._out_of_memory(f"the validation of epoch {self.epoch + 1}", oom)
+        m = self._until_it_fits(self.evaluate, lambda: f"the validation of epoch {self.epoch + 1}")
         r = self.running
         row = {"epoch": self.epoch + 1, "train_loss": r["loss"] / max(1, r["count"]), "train_acc": r["correct"] / max(1, r["count"]),
                **m, "lr": self.lr, "epoch_seconds": r["seconds"] + time.time() - t0}
@@ -454,9 +456,7 @@ class Trainer:
         "The optimizer steps left in this epoch, from `step_in_epoch` on."
         t0, A = time.time(), self.accumulate
         self.sampler.set_epoch(self.epoch, self.step_in_epoch * A)
-        pending = []
-        cuda = torch.cuda.is_available()
-        self._step_rng = torch.get_rng_state(), (torch.cuda.get_rng_state_all() if cuda else None)
+        pending, self._step_rng = [], torch_rng_state()
         for x, y in self._batches(self.train_loader):
             pending.append((x, y))
             if len(pending) < A: continue
@@ -466,7 +466,7 @@ class Trainer:
             if fault_at("HAR_COLAB_KILL_AT_STEP", self.global_step): kill_self(os.environ.get("HAR_COLAB_KILL_SIGNAL", "SIGKILL"))
             self.event("after_step")
             self._stop_point()
-            self._step_rng = torch.get_rng_state(), (torch.cuda.get_rng_state_all() if cuda else None)
+            self._step_rng = torch_rng_state()
 
 # %% ../nbs/40_train.ipynb #2435f567
 @dataclass
@@ -531,7 +531,7 @@ def _fit_run(cfg:TrainConfig, start:RunStart, device, callbacks, echo, cli:bool=
     trainer = Trainer(cfg, model, train_ds, val_ds, run, cbs, samples, device, echo)
     try: return _train(cfg, start, trainer, cli)
     except BaseException as e:       # a traceback kept by a notebook must not keep the GPU full: its frames are cleared
-        trainer.release(); import traceback; traceback.clear_frames(e.__traceback__)
+        import traceback; traceback.clear_frames(e.__traceback__)
         raise
     finally: trainer.release()
 
@@ -593,17 +593,13 @@ def evaluate_run(run_dir, checkpoint:str="best", clips:int|None=None, data=None,
     model = saved.model(dev)
     K = clips or cfg.eval_clips
     ds = clip_dataset(cfg, saved.val, train=False, clips_per_video=K)
-    cuda = dev.type == "cuda"                              # the trainer's GPU path: pinned memory, channels_last, autocast
-    cl = cfg.channels_last and cuda and getattr(get_spec(cfg.model), "arch", "cnn") != "transformer"
+    cl, dt = uses_channels_last(cfg, dev), amp_dtype(dev, cfg.amp)   # the trainer's GPU path: channels_last, autocast, pinned
     if cl: model = model.to(memory_format=torch.channels_last_3d)
-    dt = amp_dtype(dev, cfg.amp)
     loader = torch.utils.data.DataLoader(ds, batch_size=batch_size or max(1, cfg.batch_size // cfg.accumulate),
-                                         num_workers=workers, pin_memory=cuda)
-    def to_dev(x):
-        x = ds.transform.normalize_batch(x.to(dev, non_blocking=True))
-        return x.contiguous(memory_format=torch.channels_last_3d) if cl else x
+                                         num_workers=workers, pin_memory=dev.type == "cuda")
     with device_settings(dev):
-        m, probs, labels = evaluate(model, loader, len(names), to_dev, (lambda: torch.autocast(dev.type, dtype=dt)) if dt else None)
+        m, probs, labels = evaluate(model, loader, len(names), lambda x: batch_to_device(x, dev, ds.transform, cl),
+                                    (lambda: torch.autocast(dev.type, dtype=dt)) if dt else None)
     cm = confusion_matrix(probs.argmax(1).tolist(), labels.tolist(), len(names))
     run = RunFolder(run_dir)
     plot_confusion(cm, names, run.root/"confusion.png")
