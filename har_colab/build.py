@@ -16,8 +16,9 @@ from torch import nn
 
 from .core import ConfigError, DataError, HarError, RunFolderError
 from .distributed import from_main, is_main
-from .datasets import Samples, load_samples, subset, train_val_split
+from .datasets import ProbeResult, Samples, _first_bad, load_samples, probe_videos, subset, train_val_split
 from .cache import ClipCache
+from .env import in_colab
 from .clips import ClipDataset
 from .models import create_model, get_spec
 from .checkpoint import RunFolder, RunLock, fallback_folder, find_checkpoint, load_checkpoint
@@ -70,12 +71,19 @@ def build_model(cfg:TrainConfig, num_classes:int, pretrained:bool|None=None) -> 
     return create_model(cfg.model, num_classes, pretrained=cfg.pretrained if pretrained is None else pretrained,
                         freeze=cfg.freeze, k=cfg.freeze_k, weights_dir=cfg.weights_dir, drop_path=cfg.drop_path)
 
-def build_cache(cfg:TrainConfig, paths, log=None) -> ClipCache|None:
-    "The decoded-clip cache of `cfg` for `paths` (None when `cfg.cache` is 'none'); its size plan goes to `log`."
-    if cfg.cache != "local": return None
+def build_cache(cfg:TrainConfig, paths, log=None,
+                colab:bool|None=None) -> ClipCache|None:   # default: `env.in_colab()`
+    """The decoded-clip cache of `cfg` for `paths`, its size plan told to `log`; None when `cfg.cache` is 'none', and for
+    'auto' outside Colab or where the estimate does not fit (local disk and `cache_max_gb`)."""
+    auto = cfg.cache == "auto"
+    if cfg.cache == "none" or (auto and not (in_colab() if colab is None else colab)): return None
     cache = ClipCache(cfg.cache_dir, get_spec(cfg.model).resize, cfg.cache_max_gb, cfg.backend)
-    message = cache.plan(list(paths), echo=None)["message"]
-    if log is not None: log(message)
+    plan = cache.plan(list(paths), echo=None)
+    if auto and plan["cached"] < plan["videos"]:
+        if log is not None: log(f"clip cache off (cache=auto, the estimate does not fit): {plan['message']}; --cache local "
+                                "caches the videos that fit")
+        return None
+    if log is not None: log(plan["message"] + (" (cache=auto: on in Colab)" if auto else ""))
     return cache
 
 def clip_dataset(cfg:TrainConfig, samples:Samples, train:bool,
@@ -171,6 +179,7 @@ class RunStart:
     val: Samples
     created: bool = False # the run folder did not exist: removed again when the start is refused
     committed: bool = False
+    probe: ProbeResult|None = None   # a new run's probing pass: RUN/probe.json once committed
     def commit(self, cfg:TrainConfig, samples:dict, message:str, echo=print):
         "The start checks passed: write config.json, samples.json, the held log and `message` (process 0)."
         run = self.run
@@ -187,7 +196,9 @@ class RunStart:
                 run.fallback.log(f"WARNING: resumed from the fallback folder {run.fallback.root}, and the run folder {run.root} "
                                  "does not answer yet: checkpoints keep going to the fallback folder, and every save tries "
                                  "the run folder again", echo)
-        for path, obj in ((run.samples, samples), (run.config, cfg.to_dict())):
+        files = [(run.samples, samples), (run.config, cfg.to_dict())]
+        if self.probe is not None: files.append((run.root/"probe.json", _probe_json(self.probe, cfg)))
+        for path, obj in files:
             run.write_bytes(path, (json.dumps(obj, indent=2, sort_keys=True, default=str) + "\n").encode())
         run.release_log()
         run.log(message, echo)
@@ -246,8 +257,30 @@ def open_run(cfg:TrainConfig, echo=print) -> RunStart:
             train, val = samples_from_saved(state["samples"], cfg.data, cfg.force_resume, lambda m: run.log(m, echo))
             note = _new_classes(cfg, list(state["class_names"]), run)
             if note: run.log(note, echo)
-        else: train, val = build_samples(cfg)
+        else:
+            train, val = build_samples(cfg)
+            start.probe = from_main(probe_videos(train.paths + val.paths, cfg.backend, progress=cfg.progress) if is_main() else None)
+            train, val = _leave_out_unreadable(cfg, start.probe, train, val, run, echo)
     except BaseException:
         start.close(); raise
     start.state, start.path, start.train, start.val = state, path, train, val
     return start
+
+def _leave_out_unreadable(cfg:TrainConfig, probe:ProbeResult, train:Samples, val:Samples, run:RunFolder, echo) -> tuple:
+    "(train, val) without the videos the probing pass could not decode, each logged; with `cfg.strict` a refusal instead."
+    bad = probe.bad
+    if bad and cfg.strict:
+        raise DataError(f"{len(bad)} of {len(probe.info)} videos do not decode: {_first_bad(bad)}; remove or replace them, or "
+                        "run without --strict to leave them out")
+    for p, e in bad.items(): run.log(f"left out unreadable video {p}: {e}")
+    run.log(probe.summary(), echo)
+    train, val = probe.keep(train), probe.keep(val)
+    if not len(val): raise DataError(f"no validation video decodes ({_first_bad(bad)}); check the files, or the --backend")
+    return train, val
+
+def _probe_json(probe:ProbeResult, cfg:TrainConfig) -> dict:
+    "RUN/probe.json: what the probing pass found per video (paths relative to the dataset root)."
+    root = Path(cfg.data).expanduser().resolve()
+    rel = lambda p: Path(p).relative_to(root).as_posix() if Path(p).is_relative_to(root) else p
+    return {"backend": cfg.backend, "seconds": round(probe.seconds, 3), "unreadable": len(probe.bad),
+            "videos": {rel(p): info for p, info in probe.info.items()}}

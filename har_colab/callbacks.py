@@ -14,7 +14,7 @@ import time
 
 from .core import fault_pause
 from .checkpoint import CheckpointWriter, prune_epoch_checkpoints
-from .plots import METRIC_COLUMNS, plot_curves
+from .plots import METRIC_COLUMNS, input_bound, plot_curves
 from .events import Callback
 from .config import TrainConfig
 
@@ -26,10 +26,14 @@ __all__ = ['TENSORBOARD_TAGS', 'format_epoch', 'ProgressCallback', 'metrics_csv'
 # %% ../nbs/41_callbacks.ipynb #97f04f11
 def format_epoch(row:dict, epochs:int) -> str:
     "One summary line for an epoch's metrics row."
-    s = (f"epoch {row['epoch']}/{epochs}  train_loss {row['train_loss']:.4f}  train_acc {100*row['train_acc']:.1f}%  "
-         f"val_loss {row['val_loss']:.4f}  val_acc {100*row['val_acc']:.1f}%  video_acc {100*row['val_video_acc']:.1f}%")
+    s = f"epoch {row['epoch']}/{epochs}  train_loss {row['train_loss']:.4f}  train_acc {100*row['train_acc']:.1f}%  "
+    if "val_acc" in row:
+        s += f"val_loss {row['val_loss']:.4f}  val_acc {100*row['val_acc']:.1f}%  video_acc {100*row['val_video_acc']:.1f}%"
+    else: s += "(no validation this epoch: --val-every)"
     if "val_top5" in row: s += f"  top5 {100*row['val_top5']:.1f}%"
-    return s + f"  lr {row['lr']:.2e}  {row['epoch_seconds']:.0f}s"
+    s += f"  lr {row['lr']:.2e}  {row['epoch_seconds']:.0f}s"
+    share = input_bound(row)
+    return s + (f"  input-bound {100*share:.0f}%" if share is not None else "")
 
 class ProgressCallback(Callback):
     "Batch progress bar and per-epoch summary lines."
@@ -150,8 +154,7 @@ def tensorboard_scalars(row:dict) -> dict:
     "TensorBoard tag -> value for a metrics row (the epoch itself is the step)."
     out = {TENSORBOARD_TAGS.get(k, f"other/{k}"): float(v) for k, v in row.items()
            if k != "epoch" and isinstance(v, (int, float)) and not isinstance(v, bool)}
-    if row.get("train_seconds") and "data_wait_seconds" in row:    # input-bound share of the training time
-        out["time/input_bound_share"] = float(row["data_wait_seconds"]) / float(row["train_seconds"])
+    if input_bound(row) is not None: out["time/input_bound_share"] = input_bound(row)   # of the epoch's time
     return out
 
 def summary_writer_class():

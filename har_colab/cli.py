@@ -134,12 +134,16 @@ def _run_fit(cfg, chance_classes=None) -> int:
     main = is_main()
     barrier(); cleanup()              # under torchrun: every process leaves the job together (only process 0 prints)
     if not main: return 3 if res.status == "stopped" else 0
-    if res.history:
-        f = res.final; n = len(f) and (chance_classes or len(res.trainer.class_names))
+    validated = [h for h in res.history if "val_acc" in h]
+    if validated:
+        f, n = validated[-1], chance_classes or len(res.trainer.class_names)
+        ev = res.evaluation
+        final = (f", final evaluation of {ev.checkpoint.name}: video accuracy {100*ev.metrics['val_video_acc']:.1f}% "
+                 f"({ev.clips} clips per video)") if ev is not None else ""
         print(f"summary: {len(res.history)} epochs, val_acc {100*f['val_acc']:.1f}% (video {100*f['val_video_acc']:.1f}%), "
-              f"best {100*res.best_val_acc:.1f}%, chance {100/n:.1f}%; run folder {res.run_dir}")
+              f"best {100*res.best_val_acc:.1f}%{final}, chance {100/n:.1f}%; run folder {res.run_dir}")
     for w in res.warnings: print(f"doctor: {w.name}: {w.evidence}; {w.advice}")
-    if res.bad_videos: print(f"skipped {len(res.bad_videos)} unreadable videos (listed in {res.run_dir/'events.log'})")
+    if res.bad_videos: print(f"{len(res.bad_videos)} videos did not decode and were left out (listed in {res.run_dir/'events.log'})")
     return 3 if res.status == "stopped" else 0
 
 def demo_config(run_dir, data, epochs:int=20, workers:int=2, seed:int=0, shuffle_frames:bool=False, **kw):

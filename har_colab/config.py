@@ -51,7 +51,10 @@ class TrainConfig:
     deterministic: bool = _f(False, "deterministic algorithms (warn where none exists), cudnn.benchmark off: a rerun repeats "
                              "on the same GPU model and software; slower")
     sync_bn: bool = _f(False, "under torchrun: SyncBatchNorm, BatchNorm statistics over all GPUs' micro-batches (CUDA)")
-    eval_clips: int = _f(3, "uniformly spaced clips per video for video-level accuracy")
+    val_clips: int = _f(1, "clips per video in the per-epoch validation (1: the centre clip; it picks best.pt)")
+    val_every: int = _f(1, "validate every N epochs (the last epoch always validates)")
+    eval_clips: int = _f(3, "uniformly spaced clips per video in the final evaluation of best.pt when training completes "
+                         "(eval.json, confusion.png)")
     min_crop_area: float = _f(0.25, "smallest area fraction of the training random resized crop (1: no zoom)")
     hflip: bool = _f(True, "random horizontal flips in training (off for direction-sensitive classes)")
     shuffle_frames: bool = _f(False, "control experiment: shuffle frames in time (the model can only use appearance)")
@@ -60,8 +63,10 @@ class TrainConfig:
     device: str = _f("auto", "auto, cpu, cuda or cuda:N")
     seed: int = _f(0, "seed of everything: subset, splits, clip sampling, initialisation")
     backend: str = _f("decord", "video decoder", choices=("decord", "torchcodec", "pyav"))
-    strict: bool = _f(False, "stop at the first unreadable video instead of skipping it")
-    cache: str = _f("none", "decoded-clip cache: local keeps each video decoded and resized on local disk after its first read", choices=("none", "local"))
+    strict: bool = _f(False, "refuse to start when the probing pass finds videos that do not decode (default: leave them "
+                      "out), and stop at a video that fails later instead of skipping it")
+    cache: str = _f("auto", "decoded-clip cache: local keeps each video decoded and resized on local disk after its first read; "
+                    "auto: local in Colab when its estimate fits, else none", choices=("auto", "none", "local"))
     cache_dir: str = _f(None, "decoded-clip cache folder (default: /content/har_colab_cache in Colab, else ~/.cache/har_colab/clips)")
     cache_max_gb: float = _f(20.0, "decoded-clip cache size bound; when the estimate exceeds it only the first videos are cached")
     save_every_minutes: float = _f(5.0, "mid-epoch checkpoint interval (0: after every optimizer step)")
@@ -81,7 +86,7 @@ class TrainConfig:
 MAY_CHANGE_ON_RESUME = {"run_dir", "data", "splits", "weights_dir", "epochs", "workers", "device", "backend", "strict", "cache",
                         "cache_dir", "cache_max_gb",
                         "save_every_minutes", "time_budget_minutes", "keep", "force_resume", "restart", "fallback_dir", "progress", "plot",
-                        "tensorboard", "grad_checkpoint", "deterministic"}
+                        "tensorboard", "grad_checkpoint", "deterministic", "val_every"}
 
 def resolve_config(cfg:TrainConfig) -> TrainConfig:
     "Fill the spec's defaults (lr, optimizer, frames) and check every value; `ConfigError` names the bad one."
@@ -102,7 +107,8 @@ def resolve_config(cfg:TrainConfig) -> TrainConfig:
               ("accumulate", cfg.accumulate >= 1 and cfg.batch_size % cfg.accumulate == 0, "a divisor of batch_size"),
               ("lr", cfg.lr > 0, "> 0"), ("subset", 0 < cfg.subset <= 1, "in (0, 1]"), ("frames", cfg.frames >= 1, ">= 1"),
               ("val_fraction", 0 <= cfg.val_fraction < 1, "in [0, 1)"), ("split", cfg.split in (1, 2, 3), "1, 2 or 3"),
-              ("eval_clips", cfg.eval_clips >= 1, ">= 1"), ("min_crop_area", 0 < cfg.min_crop_area <= 1, "in (0, 1]"), ("workers", cfg.workers >= 0, ">= 0"),
+              ("eval_clips", cfg.eval_clips >= 1, ">= 1"),
+              ("val_clips", cfg.val_clips >= 1, ">= 1"), ("val_every", cfg.val_every >= 1, ">= 1"), ("min_crop_area", 0 < cfg.min_crop_area <= 1, "in (0, 1]"), ("workers", cfg.workers >= 0, ">= 0"),
               ("label_smoothing", 0 <= cfg.label_smoothing < 1, "in [0, 1)"), ("keep", cfg.keep >= 1, ">= 1"),
               ("save_every_minutes", cfg.save_every_minutes >= 0, ">= 0"), ("warmup_epochs", cfg.warmup_epochs >= 0, ">= 0"),
               ("weight_decay", cfg.weight_decay >= 0, ">= 0"), ("layer_decay", cfg.layer_decay is None or 0 < cfg.layer_decay <= 1, "in (0, 1]"),

@@ -32,6 +32,14 @@ __all__ = ['VML_OPS', 'HarError', 'ConfigError', 'DataError', 'CheckpointError',
 class HarError(Exception):
     "A problem the user can fix: bad input, bad configuration, missing file. The message says what to do."
     exit_code = 2
+    def __init__(self, *args):
+        # raised in a DataLoader worker, torch raises `type(e)("Caught X in DataLoader worker process N.\nOriginal
+        # Traceback ...\nhar_colab.core.X: message")` in the main process: the user sees the message, not the worker's traceback
+        if len(args) == 1 and isinstance(args[0], str) and args[0].startswith("Caught ") and "\nOriginal Traceback" in args[0]:
+            text, mark = args[0].rstrip(), f"{type(self).__name__}: "
+            at = text.rfind(mark)
+            if at >= 0: args = (text[at + len(mark):],)
+        super().__init__(*args)
 
 class ConfigError(HarError):
     "A configuration value is invalid or does not fit the model or the data."

@@ -16,7 +16,7 @@ from .core import DataError, derive_seed
 
 # %% auto #0
 __all__ = ['VIDEO_EXTENSIONS', 'LOADERS', 'HMDB51_TAGS', 'Samples', 'source_group', 'load_folder', 'load_samples', 'find_splits',
-           'hmdb51_group', 'load_hmdb51', 'load_ucf101', 'subset', 'train_val_split']
+           'hmdb51_group', 'load_hmdb51', 'load_ucf101', 'subset', 'train_val_split', 'ProbeResult', 'probe_videos']
 
 # %% ../nbs/11_datasets.ipynb #9f5f601e
 VIDEO_EXTENSIONS = (".mp4", ".avi", ".mkv", ".mov", ".webm", ".m4v", ".mpg", ".mpeg", ".wmv", ".flv", ".3gp")
@@ -259,3 +259,52 @@ def train_val_split(samples:Samples, val_fraction:float=0.2, seed:int=0) -> tupl
             val_groups.add(g); n_val += size
         for i in idx: (va if samples.groups[i] in val_groups else tr).append(i)
     return samples.select(sorted(tr)), samples.select(sorted(va))
+
+# %% ../nbs/11_datasets.ipynb #7775f3ef
+@dataclass
+class ProbeResult:
+    "What `probe_videos` found: `info[path]` is {frames, fps, width, height, backend}, or {error} for a video nothing decodes."
+    info: dict
+    seconds: float = 0.0
+    @property
+    def bad(self) -> dict:
+        "path -> why it does not decode."
+        return {p: i["error"] for p, i in self.info.items() if "error" in i}
+    def keep(self, samples:Samples) -> Samples:
+        "`samples` without the unreadable videos."
+        bad = self.bad
+        return samples.select(i for i, p in enumerate(samples.paths) if p not in bad)
+    def summary(self) -> str:
+        n, bad = len(self.info), self.bad
+        s = f"probed {n} videos in {self.seconds:.1f} s: "
+        if not bad: return s + "all decode"
+        return s + f"{len(bad)} do not decode and are left out of this run (listed in events.log), e.g. {_first_bad(bad, 1)}"
+
+def _first_bad(bad:dict, k:int=3) -> str:
+    "The first `k` unreadable videos with their reasons, for one line."
+    why = lambda p, e: e.split(f"{p}: ", 1)[-1]
+    return "; ".join(f"{p} ({why(p, e)})" for p, e in list(bad.items())[:k]) + (" ..." if len(bad) > k else "")
+
+def _probe_one(path:str, backend:str) -> dict:
+    from har_colab.video import BACKEND_ORDER, backend_available, probe
+    first = None
+    for b in [backend] + [b for b in BACKEND_ORDER if b != backend]:
+        if b != backend and not backend_available(b): continue
+        try: info = probe(path, b)
+        except DataError as e: first = first or e; continue
+        return {"frames": info.frames, "fps": info.fps, "width": info.width, "height": info.height, "backend": b}
+    return {"error": str(first)}
+
+def probe_videos(paths, backend:str="decord", threads:int|None=None, progress:bool=True) -> ProbeResult:
+    "Open every video in `paths` once (`threads` at a time, default: the CPU count), with a progress bar."
+    import os, time
+    from concurrent.futures import ThreadPoolExecutor
+    from har_colab.video import resolve_backend
+    from tqdm.auto import tqdm
+    paths, backend, t0 = [str(p) for p in paths], resolve_backend(backend), time.time()
+    with ThreadPoolExecutor(max(1, threads or os.cpu_count() or 1)) as pool, \
+         tqdm(total=len(paths), desc="probing videos", unit="video", leave=False, disable=not progress or None) as bar:
+        def one(p):
+            r = _probe_one(p, backend); bar.update(1); return r
+        info = dict(zip(paths, pool.map(one, paths)))
+    return ProbeResult(info, time.time() - t0)

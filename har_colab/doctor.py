@@ -10,6 +10,7 @@ import csv
 import hashlib
 import html
 import math
+import os
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -25,6 +26,8 @@ from .models import LoadReport, count_parameters, create_model, get_spec, load_r
 from .events import Callback
 from .config import TrainConfig, check_batch_size, resolve_config
 from .build import build_model, build_samples, clip_dataset
+from .plots import input_bound
+from .env import in_colab
 
 # %% auto #0
 __all__ = ['STATUSES', 'CAUSE_ORDER', 'SECTIONS', 'Finding', 'DoctorReport', 'check_class_counts', 'check_training_setup',
@@ -32,8 +35,8 @@ __all__ = ['STATUSES', 'CAUSE_ORDER', 'SECTIONS', 'Finding', 'DoctorReport', 'ch
            'knn_agreement', 'check_label_consistency', 'as_bcthw', 'check_layout', 'check_input_stats',
            'check_temporal', 'save_clip_grid', 'check_parameters', 'check_pretrained', 'check_initial_loss',
            'check_gradients', 'make_doctor_optimizer', 'LRRangeResult', 'lr_range_test', 'check_lr', 'plot_lr_range',
-           'overfit_batch', 'check_overfit', 'nan_advice', 'history_findings', 'read_history', 'DoctorCallback',
-           'doctor']
+           'overfit_batch', 'check_overfit', 'nan_advice', 'history_findings', 'input_finding', 'read_history',
+           'DoctorCallback', 'doctor']
 
 # %% ../nbs/60_doctor.ipynb #0df32a70
 STATUSES = ("pass", "warn", "fail")
@@ -527,9 +530,11 @@ def history_findings(history:list, num_classes:int, patience:int=3, margin:float
     if bad: out.append(Finding("loss finite", "fail", f"loss is NaN/inf from epoch {bad[0].get('epoch', '?')}",
                                nan_hint or nan_advice(), sec))
     else: out.append(Finding("loss finite", "pass", f"{n} epochs, all losses finite", section=sec))
-    if n < patience:
-        out.append(Finding("learning progress", "pass", f"too early to judge: {n} of {patience} epochs", section=sec)); return out
-    last = history[-patience:]
+    validated = [h for h in history if "val_acc" in h]          # --val-every N: the epochs that validated
+    if len(validated) < patience:
+        out.append(Finding("learning progress", "pass", f"too early to judge: {len(validated)} of {patience} validated epochs",
+                           section=sec)); return out
+    last = validated[-patience:]
     va = [float(h["val_acc"]) for h in last]; ta = [float(h["train_acc"]) for h in history]
     tl = [float(h["train_loss"]) for h in history]
     at_chance = all(v <= chance + margin for v in va)
@@ -548,6 +553,28 @@ def history_findings(history:list, num_classes:int, patience:int=3, margin:float
                            "the loss does not fall: try the LR the range test suggests (lower if it jumps, higher if flat)", sec))
     else: out.append(Finding("train loss falls", "pass", f"train loss {tl[0]:.3f} -> {tl[-1]:.3f}", section=sec))
     return out
+
+def input_finding(history:list, cfg:TrainConfig|None=None, threshold:float=0.3, min_seconds:float=30.0) -> Finding|None:
+    """A warning when the newest epoch waited for its input more than `threshold` of its time, naming the cures that
+    apply; None before a row with the timing columns and for epochs shorter than `min_seconds` (with the cache on,
+    epoch 1 fills it and is not judged)."""
+    rows = [h for h in history if input_bound(h) is not None and h["epoch_seconds"] >= min_seconds]
+    cached = cfg is not None and (cfg.cache == "local" or (cfg.cache == "auto" and in_colab()))
+    if cached: rows = [h for h in rows if h["epoch"] > 1]
+    if not rows: return None
+    h, share = rows[-1], input_bound(rows[-1])
+    ev = f"epoch {int(h['epoch'])} waited for its input {100*share:.0f}% of its {h['epoch_seconds']:.0f} s"
+    if share <= threshold: return Finding("input-bound", "pass", ev, section="training")
+    cures, val = [], h.get("val_seconds", 0.0) / h["epoch_seconds"]
+    if not cached: cures.append("--cache local (later epochs read decoded clips from local disk)")
+    if val >= 0.3:
+        if cfg is None or cfg.val_clips > 1: cures.append("--val-clips 1")
+        cures.append(f"--val-every 2 or more (validation takes {100*val:.0f}% of the epoch)")
+    cpus = os.cpu_count() or 1
+    if cfg is not None and cfg.workers < cpus: cures.append(f"--workers {cpus} (this machine has {cpus} CPUs)")
+    advice = ("the model waits for decoding: try " + ", ".join(cures) if cures else
+              f"decoding is the limit on {cpus} CPUs with these settings: fewer --frames, or a machine with more CPUs")
+    return Finding("input-bound", "warn", ev, advice, "training")
 
 def read_history(path) -> list:
     "Rows of a run's `metrics.csv` as dicts of floats."
@@ -575,8 +602,10 @@ class DoctorCallback(Callback):
                                   _nan_advice_of(t), "training"))
             if self.stop_on_nan: t.request_stop("loss became NaN")
     def after_validate(self, t):
-        for f in history_findings(t.history, t.num_classes, self.patience, self.margin, _nan_advice_of(t)):
-            if f.status != "pass": self._warn(t, f)
+        found = history_findings(t.history, t.num_classes, self.patience, self.margin, _nan_advice_of(t))
+        if getattr(t, "cfg", None) is not None: found.append(input_finding(t.history, t.cfg))
+        for f in found:
+            if f is not None and f.status != "pass": self._warn(t, f)
 
 # %% ../nbs/60_doctor.ipynb #dbea65c2
 SECTIONS = ("data", "input", "model", "optimisation", "training")
@@ -678,7 +707,8 @@ def doctor(config:TrainConfig, run_dir=None, checks=None, *, samples_override=No
         metrics = run_dir / "metrics.csv"
         if metrics.exists():
             say("doctor: training history")
-            findings += history_findings(read_history(metrics), C)
+            history = read_history(metrics)
+            findings += [f for f in (*history_findings(history, C), input_finding(history, cfg)) if f is not None]
         elif checks is not None: skipped["training"] = f"no {metrics} yet"
     report = DoctorReport(findings, files, skipped, out_dir)
     if files or findings:

@@ -24,7 +24,7 @@ from .plots import plot_comparison, read_metrics
 from .config import MAY_CHANGE_ON_RESUME, TrainConfig, config_from_dict, resolve_config
 from .build import build_model
 from .callbacks import in_notebook
-from .train import evaluate_run, fit
+from .train import evaluate_run, evaluated, fit
 
 # %% auto #0
 __all__ = ['RUNNING_MINUTES', 'COLUMNS', 'SWEEP_FILE', 'PER_RUN', 'PER_CALL', 'SESSION', 'is_run_folder', 'RunInfo', 'read_run',
@@ -291,11 +291,6 @@ class SweepResult:
         done = sum(s == "done" for s in self.runs.values())
         return f"SweepResult({self.status}{': ' + self.reason if self.reason else ''}, {done}/{len(self.runs)} runs done)"
 
-def _evaluated(run:RunFolder) -> bool:
-    "An `eval.json` newer than the run's best checkpoint exists."
-    ev = run.root/"eval.json"
-    return ev.exists() and (not run.best.exists() or ev.stat().st_mtime >= run.best.stat().st_mtime)
-
 def _read_if_run(path, epochs:int):
     "`read_run`, or None for a folder that is no (readable) run yet: `fit` starts it, or rewrites what it lacks."
     try: return read_run(path, epochs)
@@ -327,7 +322,7 @@ def sweep(root,                      # the sweep's folder: sweep.json, one run f
         run = RunFolder(cfg.run_dir)
         info = _read_if_run(run.root, plan.config["epochs"])
         if info is not None and info.status == "done":
-            if not _evaluated(run): evaluate_run(run.root, data=cfg.data, workers=cfg.workers, device=cfg.device)
+            if not evaluated(run): evaluate_run(run.root, data=cfg.data, workers=cfg.workers, device=cfg.device)   # an older run
             echo(f"sweep {i+1}/{len(configs)} {name}: done, skipped")
             continue
         left = None if budget is None else budget - (time.time() - t0) / 60
@@ -344,8 +339,7 @@ def sweep(root,                      # the sweep's folder: sweep.json, one run f
             reason = (f"the sweep's time budget of {budget:g} minutes ran out" if run_reason.startswith("the time budget")
                       else run_reason)
             break
-        if not _evaluated(run): evaluate_run(run.root, data=cfg.data, workers=cfg.workers, device=cfg.device)
-        refresh()
+        refresh()                                            # fit evaluated best.pt (eval.json) when the run completed
     comparison = refresh()
     states = {n: getattr(_read_if_run(plan.root/n, plan.config["epochs"]), "status", "not started") for n in names}
     return SweepResult(status, reason, plan, states, comparison)

@@ -12,11 +12,13 @@ import matplotlib
 from matplotlib.figure import Figure
 
 # %% auto #0
-__all__ = ['METRIC_COLUMNS', 'read_metrics', 'plot_curves', 'save_figure', 'confusion_matrix', 'plot_confusion',
-           'plot_comparison', 'plot_timeline']
+__all__ = ['METRIC_COLUMNS', 'TIMING_COLUMNS', 'read_metrics', 'input_bound', 'plot_curves', 'save_figure', 'confusion_matrix',
+           'plot_confusion', 'plot_comparison', 'plot_timeline']
 
 # %% ../nbs/50_plots.ipynb #7b6fd5de
-METRIC_COLUMNS = ["epoch", "train_loss", "train_acc", "val_loss", "val_acc", "val_video_acc", "lr", "epoch_seconds"]
+METRIC_COLUMNS = ["epoch", "train_loss", "train_acc", "val_loss", "val_acc", "val_video_acc", "lr", "epoch_seconds",
+                  "train_seconds", "val_seconds", "data_wait_seconds"]
+TIMING_COLUMNS = ("epoch_seconds", "train_seconds", "val_seconds", "data_wait_seconds")   # wall-clock: differ between reruns
 
 def read_metrics(path) -> list:
     "Rows of a `metrics.csv` as dicts of floats (epoch as int); `DataError` when the file is not one."
@@ -31,17 +33,28 @@ def read_metrics(path) -> list:
                         "epoch of training rewrites it from the checkpoint's history (or delete it)") from None
     return rows
 
+def input_bound(row:dict) -> float|None:
+    "The share of an epoch's time its loop waited for the next batch (None for rows without the timing columns)."
+    wait, total = row.get("data_wait_seconds"), row.get("epoch_seconds")
+    return wait / total if wait is not None and total else None
+
+def _validated(history:list) -> tuple:
+    "(epochs, getter) over the rows that have validation metrics."
+    rows = [h for h in history if "val_acc" in h]
+    return [h["epoch"] for h in rows], lambda k: [h.get(k, float("nan")) for h in rows]
+
 def plot_curves(history:list, path=None, title:str="", chance:float|None=None) -> Figure:
     "Loss (train, val), accuracy (train, val clip, val video) and LR per epoch; saved to `path` when given."
     fig = Figure(figsize=(11, 3.4), dpi=100)
     ax1, ax2, ax3 = fig.subplots(1, 3)
     ep = [h["epoch"] for h in history]
     get = lambda k: [h.get(k, float("nan")) for h in history]
-    ax1.plot(ep, get("train_loss"), "o-", label="train"); ax1.plot(ep, get("val_loss"), "o-", label="val")
+    vep, vget = _validated(history)                      # --val-every N: the epochs that validated
+    ax1.plot(ep, get("train_loss"), "o-", label="train"); ax1.plot(vep, vget("val_loss"), "o-", label="val")
     ax1.set_title("loss"); ax1.set_xlabel("epoch"); ax1.legend()
     ax2.plot(ep, [100*v for v in get("train_acc")], "o-", label="train")
-    ax2.plot(ep, [100*v for v in get("val_acc")], "o-", label="val (clip)")
-    ax2.plot(ep, [100*v for v in get("val_video_acc")], "s--", label="val (video)")
+    ax2.plot(vep, [100*v for v in vget("val_acc")], "o-", label="val (clip)")
+    ax2.plot(vep, [100*v for v in vget("val_video_acc")], "s--", label="val (video)")
     if chance: ax2.axhline(100*chance, color="gray", ls=":", label="chance")
     ax2.set_title("accuracy (%)"); ax2.set_xlabel("epoch"); ax2.set_ylim(0, 100); ax2.legend(fontsize=8)
     ax3.plot(ep, get("lr"), "o-", color="C3"); ax3.set_title("learning rate (end of epoch)"); ax3.set_xlabel("epoch")
@@ -92,8 +105,7 @@ def plot_comparison(histories:dict, path=None, title:str="") -> Figure:
     fig = Figure(figsize=(11, 4), dpi=100)
     ax1, ax2 = fig.subplots(1, 2)
     for i, (name, history) in enumerate(histories.items()):
-        c, ep = f"C{i % 10}", [h["epoch"] for h in history]
-        get = lambda k: [h.get(k, float("nan")) for h in history]
+        c, (ep, get) = f"C{i % 10}", _validated(history)
         ax1.plot(ep, [100*v for v in get("val_acc")], "o-", color=c, label=name)
         ax1.plot(ep, [100*v for v in get("val_video_acc")], "s--", color=c, alpha=0.6)
         ax2.plot(ep, get("val_loss"), "o-", color=c, label=name)

@@ -35,8 +35,8 @@ from .callbacks import PlotCallback, default_callbacks
 
 # %% auto #0
 __all__ = ['EpochBatchSampler', 'lr_factor', 'make_optimizer', 'amp_setup', 'to_cpu', 'torch_rng_state', 'set_torch_rng_state',
-           'uses_channels_last', 'batch_to_device', 'ignore_stop_signals', 'evaluate', 'Trainer', 'FitResult',
-           'preflight', 'fit', 'EvalResult', 'evaluate_run']
+           'uses_channels_last', 'batch_to_device', 'ignore_stop_signals', 'evaluate', 'Trainer', 'EvalResult',
+           'evaluate_run', 'evaluated', 'final_evaluation', 'FitResult', 'preflight', 'fit']
 
 # %% ../nbs/40_train.ipynb #982498a6
 class EpochBatchSampler:
@@ -156,6 +156,10 @@ def _eval_fault(check_stop=None):
     return stop
 
 # %% ../nbs/40_train.ipynb #fb283ce2
+def _new_running() -> dict:
+    "An epoch's running sums: loss, correct, count, and seconds of training, validation and waiting for input."
+    return {"loss": 0.0, "correct": 0, "count": 0, "seconds": 0.0, "val_seconds": 0.0, "data_wait": 0.0}
+
 class Trainer:
     "The training loop over a model and two `ClipDataset`s."
     def __init__(self, cfg:TrainConfig, model:nn.Module, train_ds:ClipDataset, val_ds:ClipDataset, run:RunFolder,
@@ -191,7 +195,7 @@ class Trainer:
         self.loss_fn = nn.CrossEntropyLoss(label_smoothing=cfg.label_smoothing)
         self.callbacks = sorted(callbacks, key=lambda c: c.order)
         self.epoch, self.step_in_epoch, self.global_step = 0, 0, 0
-        self.running = {"loss": 0.0, "correct": 0, "count": 0, "seconds": 0.0}
+        self.running = _new_running()
         self.history, self.best_val_acc, self.stop_reason, self.last_metrics = [], None, None, {}
         self._make_loaders()
 
@@ -236,7 +240,7 @@ class Trainer:
         self.opt.load_state_dict(st["optimizer"]); self.sched.load_state_dict(st["scheduler"])
         self._load_scaler(st)
         self.epoch, self.step_in_epoch, self.global_step = st["epoch"], st["step_in_epoch"], st["global_step"]
-        self.running = dict(st.get("running") or self.running)
+        self.running = {**_new_running(), **(st.get("running") or {})}   # older checkpoints lack the timing keys
         self.history, self.best_val_acc = [dict(h) for h in st["history"]], st.get("best_val_acc")
         note = set_rng_state(st["rng"])
         if note: self.notes.append(note)
@@ -355,14 +359,17 @@ class Trainer:
     def done(self) -> bool: return self.epoch >= self.cfg.epochs
 
     def _batches(self, loader):
-        "Iterate `loader`; a worker killed by a stop signal (a scheduler signals the whole job) becomes a clean stop."
+        """Iterate `loader`, adding the time spent waiting for each batch to `running['data_wait']`; a worker killed by a
+        stop signal (a scheduler signals the whole job) becomes a clean stop."""
         it = iter(loader)
         while True:
+            t0 = time.perf_counter()
             try: batch = next(it)
             except StopIteration: return
             except RuntimeError:
                 if self.stop_reason: raise StopTraining(self.stop_reason) from None
                 raise
+            finally: self.running["data_wait"] += time.perf_counter() - t0
             yield batch
     def close(self):
         "Shut down DataLoader workers (persistent ones otherwise live until the interpreter exits)."
@@ -438,19 +445,24 @@ class Trainer:
                                 lambda: set_torch_rng_state(self._step_rng))
         self.event("after_train")
         self._stop_point()
-        t0 = time.time()
-        m = self._until_it_fits(self.evaluate, lambda: f"the validation of epoch {self.epoch + 1}")
-        r = self.running
+        t0, r = time.time(), self.running
+        m = self._until_it_fits(self.evaluate, lambda: f"the validation of epoch {self.epoch + 1}") if self.validates else {}
+        r["val_seconds"] += time.time() - t0
         row = {"epoch": self.epoch + 1, "train_loss": r["loss"] / max(1, r["count"]), "train_acc": r["correct"] / max(1, r["count"]),
-               **m, "lr": self.lr, "epoch_seconds": r["seconds"] + time.time() - t0}
+               **m, "lr": self.lr, "epoch_seconds": r["seconds"] + r["val_seconds"], "train_seconds": r["seconds"],
+               "val_seconds": r["val_seconds"], "data_wait_seconds": r["data_wait"]}
         self.last_metrics = row
         self.history.append(row)
-        self.improved = self.best_val_acc is None or row["val_acc"] > self.best_val_acc
+        self.improved = bool(m) and (self.best_val_acc is None or row["val_acc"] > self.best_val_acc)
         if self.improved: self.best_val_acc = row["val_acc"]
         self.event("after_validate")
         self.epoch += 1; self.step_in_epoch = 0
-        self.running = {"loss": 0.0, "correct": 0, "count": 0, "seconds": 0.0}
+        self.running = _new_running()
         self.event("after_epoch")
+    @property
+    def validates(self) -> bool:
+        "Whether the current epoch ends with a validation pass: every `val_every`-th epoch, and the last one."
+        return (self.epoch + 1) % self.cfg.val_every == 0 or self.epoch + 1 >= self.cfg.epochs
 
     def _train_steps(self):
         "The optimizer steps left in this epoch, from `step_in_epoch` on."
@@ -467,102 +479,6 @@ class Trainer:
             self.event("after_step")
             self._stop_point()
             self._step_rng = torch_rng_state()
-
-# %% ../nbs/40_train.ipynb #2435f567
-@dataclass
-class FitResult:
-    "What `fit` returns."
-    status: str          # 'completed', 'stopped' (time budget, signal, Ctrl-C: resumable) or 'already done'
-    reason: str          # why it stopped, or ''
-    history: list        # one dict per epoch (the rows of metrics.csv)
-    run_dir: Path
-    trainer: Trainer = None
-    warnings: list = field(default_factory=list)   # what the doctor's training watch found
-    bad_videos: list = field(default_factory=list) # videos skipped because they do not decode (see events.log)
-    @property
-    def best_val_acc(self): return max((h["val_acc"] for h in self.history), default=None)
-    @property
-    def final(self) -> dict: return self.history[-1] if self.history else {}
-    def __repr__(self):
-        return f"FitResult({self.status}{': ' + self.reason if self.reason else ''}, {len(self.history)} epochs, best val_acc {self.best_val_acc})"
-
-def preflight(model:nn.Module, spec, frames:int, num_classes:int, device) -> None:
-    "Run one dummy batch of the spec's shape through `model`; `ShapeError` with the fix on any mismatch."
-    x = torch.zeros(spec.input_shape(2, frames), device=device)
-    check_input(x, spec, frames)
-    was = model.training; model.eval()
-    try:
-        with torch.no_grad(): out = model(x)
-    except RuntimeError as e:
-        from har_colab.core import ShapeError
-        raise ShapeError(f"{spec.name} failed on a {tuple(x.shape)} batch ({str(e).splitlines()[0][:150]}); "
-                         f"use frames={spec.frames} and crop {spec.crop}") from None
-    finally: model.train(was)
-    if tuple(out.shape) != (2, num_classes):
-        from har_colab.core import ShapeError
-        raise ShapeError(f"{spec.name} returned {tuple(out.shape)} for a batch of 2; expected (2, {num_classes})")
-
-def fit(config:TrainConfig, callbacks=None, echo=print,
-        cli:bool=False) -> FitResult:   # messages name command-line flags (--epochs) instead of arguments (epochs=)
-    "Train (or resume) the run described by `config`."
-    cfg = resolve_config(config)
-    device = resolve_device(init_distributed(cfg.device))   # under torchrun: join the job, one GPU per process
-    if not is_main(): echo = lambda *a, **k: None          # only process 0 writes the run folder and prints
-    start = open_run(cfg, echo)                             # the run folder, locked; nothing written yet
-    try:
-        with device_settings(device, cfg.deterministic): return _fit_run(cfg, start, device, callbacks, echo, cli)
-    finally: start.close()                                  # the lock goes when fit ends or fails
-
-def _fit_run(cfg:TrainConfig, start:RunStart, device, callbacks, echo, cli:bool=False) -> FitResult:
-    "`fit` in the run folder `open_run` opened: build, check, then `start.commit` and train."
-    run, state, path, train_s, val_s = start.run, start.state, start.path, start.train, start.val
-    samples = {"train": train_s.to_dict(), "val": val_s.to_dict()}
-    seed_everything(cfg.seed)
-    model = build_model(cfg, train_s.num_classes, pretrained=cfg.pretrained and state is None)
-    report = getattr(model, "har_load_report", None)
-    if report is not None: run.log(str(report), echo)       # which pretrained tensors loaded, and what did not
-    model.to(device)
-    preflight(model, get_spec(cfg.model), cfg.frames, train_s.num_classes, device)
-    # one cache for train and val, its size estimated and reported before it is built
-    cache = build_cache(cfg, train_s.paths + val_s.paths, log=lambda m: run.log(m, echo))
-    train_ds = clip_dataset(cfg, train_s, train=True, run_dir=run.root, cache=cache)
-    val_ds = clip_dataset(cfg, val_s, train=False, run_dir=run.root, cache=cache)
-    cbs = default_callbacks(cfg) if callbacks is None else list(callbacks)
-    trainer = Trainer(cfg, model, train_ds, val_ds, run, cbs, samples, device, echo)
-    try: return _train(cfg, start, trainer, cli)
-    except BaseException as e:       # a traceback kept by a notebook must not keep the GPU full: its frames are cleared
-        import traceback; traceback.clear_frames(e.__traceback__)
-        raise
-    finally: trainer.release()
-
-def _train(cfg:TrainConfig, start:RunStart, trainer:Trainer, cli:bool) -> FitResult:
-    "`_fit_run` once the trainer is built: resume or start, the memory check, `start.commit`, then the loop."
-    run, state, path, train_s, val_s, echo = start.run, start.state, start.path, start.train, start.val, trainer.echo
-    model, device = trainer.model, trainer.device
-    if state is not None:
-        trainer.load_state_dict(state)
-        if trainer.done:
-            more = f"--epochs {trainer.epoch + 1}" if cli else f"epochs={trainer.epoch + 1}"
-            msg = f"{run.root} already trained {trainer.epoch}/{cfg.epochs} epochs; to train more, run again with {more} or more"
-            echo(msg)
-            for cb in trainer.callbacks:                   # the finished run's curves, as the last session drew them
-                if isinstance(cb, PlotCallback) and is_main(): cb.show(trainer)
-            return FitResult("already done", msg, trainer.history, run.root, trainer)
-        where = path.name if path.parent == run.checkpoints else str(path)
-        message = f"resumed from {where} at epoch {trainer.epoch + 1}, step {trainer.step_in_epoch}/{trainer.steps_per_epoch}"
-    else:
-        tr, fr = count_parameters(model)
-        message = (f"started {cfg.model} on {len(train_s)} train / {len(val_s)} val videos, {train_s.num_classes} classes, "
-                   f"{tr:,} trainable / {fr:,} frozen parameters, device {device}"
-                   + (f", {world_size()} processes (DDP)" if is_distributed() else ""))
-    trainer.memory_check()                                  # an out-of-memory shows before the run folder is written
-    start.commit(cfg, trainer.samples, message, echo)       # every start check passed: the run folder is written from here
-    trainer.flush_notes()
-    status = trainer.fit()
-    warnings = [w for cb in trainer.callbacks for w in getattr(cb, "warnings", [])]
-    bad = sorted({l.split("skipped bad video ", 1)[1].split(":")[0] for l in run.events.read_text().splitlines()
-                  if "skipped bad video " in l}) if run.events.exists() else []
-    return FitResult(status, trainer.stop_reason or "", trainer.history, run.root, trainer, warnings, bad)
 
 # %% ../nbs/40_train.ipynb #834d4979
 @dataclass
@@ -599,10 +515,125 @@ def evaluate_run(run_dir, checkpoint:str="best", clips:int|None=None, data=None,
                                          num_workers=workers, pin_memory=dev.type == "cuda")
     with device_settings(dev):
         m, probs, labels = evaluate(model, loader, len(names), lambda x: batch_to_device(x, dev, ds.transform, cl),
-                                    (lambda: torch.autocast(dev.type, dtype=dt)) if dt else None)
+                                    (lambda: torch.autocast(dev.type, dtype=dt)) if dt else None, _eval_fault())
     cm = confusion_matrix(probs.argmax(1).tolist(), labels.tolist(), len(names))
     run = RunFolder(run_dir)
     plot_confusion(cm, names, run.root/"confusion.png")
     res = EvalResult(m, names, cm, saved.path, K)
     atomic_write_json(run.root/"eval.json", {"checkpoint": saved.path.name, "clips": K, **m, "per_class": res.per_class()})
     return res
+
+def evaluated(run:RunFolder) -> bool:
+    "An `eval.json` at least as new as the run's best checkpoint exists."
+    ev = run.root/"eval.json"
+    return ev.exists() and (not run.best.exists() or ev.stat().st_mtime >= run.best.stat().st_mtime)
+
+def final_evaluation(cfg:TrainConfig, run:RunFolder, device, batch_size:int, echo=print) -> EvalResult:
+    "What `fit` does when training completes: `evaluate_run` of best.pt with `cfg.eval_clips` clips per video, logged."
+    run.release_log()                                     # a run that was already done wrote nothing yet: log from here
+    res = evaluate_run(run.root, "best", clips=cfg.eval_clips, data=cfg.data, workers=cfg.workers, device=device,
+                       batch_size=batch_size)
+    run.log(f"final evaluation: {res.summary()} -> eval.json, confusion.png", echo)
+    return res
+
+# %% ../nbs/40_train.ipynb #2435f567
+@dataclass
+class FitResult:
+    "What `fit` returns."
+    status: str          # 'completed', 'stopped' (time budget, signal, Ctrl-C: resumable) or 'already done'
+    reason: str          # why it stopped, or ''
+    history: list        # one dict per epoch (the rows of metrics.csv)
+    run_dir: Path
+    trainer: Trainer = None
+    warnings: list = field(default_factory=list)   # what the doctor's training watch found
+    bad_videos: list = field(default_factory=list) # videos skipped because they do not decode (see events.log)
+    evaluation: EvalResult|None = None            # the final evaluation of best.pt (eval_clips per video) when it ran
+    @property
+    def best_val_acc(self): return max((h["val_acc"] for h in self.history if "val_acc" in h), default=None)
+    @property
+    def final(self) -> dict: return self.history[-1] if self.history else {}
+    def __repr__(self):
+        return f"FitResult({self.status}{': ' + self.reason if self.reason else ''}, {len(self.history)} epochs, best val_acc {self.best_val_acc})"
+
+def preflight(model:nn.Module, spec, frames:int, num_classes:int, device) -> None:
+    "Run one dummy batch of the spec's shape through `model`; `ShapeError` with the fix on any mismatch."
+    x = torch.zeros(spec.input_shape(2, frames), device=device)
+    check_input(x, spec, frames)
+    was = model.training; model.eval()
+    try:
+        with torch.no_grad(): out = model(x)
+    except RuntimeError as e:
+        from har_colab.core import ShapeError
+        raise ShapeError(f"{spec.name} failed on a {tuple(x.shape)} batch ({str(e).splitlines()[0][:150]}); "
+                         f"use frames={spec.frames} and crop {spec.crop}") from None
+    finally: model.train(was)
+    if tuple(out.shape) != (2, num_classes):
+        from har_colab.core import ShapeError
+        raise ShapeError(f"{spec.name} returned {tuple(out.shape)} for a batch of 2; expected (2, {num_classes})")
+
+def fit(config:TrainConfig, callbacks=None, echo=print,
+        cli:bool=False) -> FitResult:   # messages name command-line flags (--epochs) instead of arguments (epochs=)
+    "Train (or resume) the run described by `config`."
+    cfg = resolve_config(config)
+    device = resolve_device(init_distributed(cfg.device))   # under torchrun: join the job, one GPU per process
+    if not is_main(): echo = lambda *a, **k: None          # only process 0 writes the run folder and prints
+    start = open_run(cfg, echo)                             # the run folder, locked; nothing written yet
+    try:
+        with device_settings(device, cfg.deterministic):
+            res = _fit_run(cfg, start, device, callbacks, echo, cli)
+            if res.status != "stopped" and is_main() and not evaluated(start.run):   # also after a kill during it
+                res.evaluation = final_evaluation(cfg, start.run, device, res.trainer.micro, echo)
+        return res
+    finally: start.close()                                  # the lock goes when fit ends or fails
+
+def _fit_run(cfg:TrainConfig, start:RunStart, device, callbacks, echo, cli:bool=False) -> FitResult:
+    "`fit` in the run folder `open_run` opened: build, check, then `start.commit` and train."
+    run, state, path, train_s, val_s = start.run, start.state, start.path, start.train, start.val
+    samples = {"train": train_s.to_dict(), "val": val_s.to_dict()}
+    seed_everything(cfg.seed)
+    model = build_model(cfg, train_s.num_classes, pretrained=cfg.pretrained and state is None)
+    report = getattr(model, "har_load_report", None)
+    if report is not None: run.log(str(report), echo)       # which pretrained tensors loaded, and what did not
+    model.to(device)
+    preflight(model, get_spec(cfg.model), cfg.frames, train_s.num_classes, device)
+    # one cache for train and val, its size estimated and reported before it is built
+    cache = build_cache(cfg, train_s.paths + val_s.paths, log=lambda m: run.log(m, echo))
+    train_ds = clip_dataset(cfg, train_s, train=True, run_dir=run.root, cache=cache)
+    val_ds = clip_dataset(cfg, val_s, train=False, clips_per_video=cfg.val_clips, run_dir=run.root, cache=cache)
+    cbs = default_callbacks(cfg) if callbacks is None else list(callbacks)
+    trainer = Trainer(cfg, model, train_ds, val_ds, run, cbs, samples, device, echo)
+    try: return _train(cfg, start, trainer, cli)
+    except BaseException as e:       # a traceback kept by a notebook must not keep the GPU full: its frames are cleared
+        import traceback; traceback.clear_frames(e.__traceback__)
+        raise
+    finally: trainer.release()
+
+def _train(cfg:TrainConfig, start:RunStart, trainer:Trainer, cli:bool) -> FitResult:
+    "`_fit_run` once the trainer is built: resume or start, the memory check, `start.commit`, then the loop."
+    run, state, path, train_s, val_s, echo = start.run, start.state, start.path, start.train, start.val, trainer.echo
+    model, device = trainer.model, trainer.device
+    if state is not None:
+        trainer.load_state_dict(state)
+        if trainer.done:
+            more = f"--epochs {trainer.epoch + 1}" if cli else f"epochs={trainer.epoch + 1}"
+            msg = f"{run.root} already trained {trainer.epoch}/{cfg.epochs} epochs; to train more, run again with {more} or more"
+            echo(msg)
+            for cb in trainer.callbacks:                   # the finished run's curves, as the last session drew them
+                if isinstance(cb, PlotCallback) and is_main(): cb.show(trainer)
+            return FitResult("already done", msg, trainer.history, run.root, trainer)
+        where = path.name if path.parent == run.checkpoints else str(path)
+        message = f"resumed from {where} at epoch {trainer.epoch + 1}, step {trainer.step_in_epoch}/{trainer.steps_per_epoch}"
+    else:
+        tr, fr = count_parameters(model)
+        message = (f"started {cfg.model} on {len(train_s)} train / {len(val_s)} val videos, {train_s.num_classes} classes, "
+                   f"{tr:,} trainable / {fr:,} frozen parameters, device {device}"
+                   + (f", {world_size()} processes (DDP)" if is_distributed() else ""))
+    trainer.memory_check()                                  # an out-of-memory shows before the run folder is written
+    start.commit(cfg, trainer.samples, message, echo)       # every start check passed: the run folder is written from here
+    trainer.flush_notes()
+    status = trainer.fit()
+    warnings = [w for cb in trainer.callbacks for w in getattr(cb, "warnings", [])]
+    marks = ("left out unreadable video ", "skipped bad video ")     # by the probing pass / when a read failed later
+    bad = sorted({l.split(m, 1)[1].split(": ")[0] for l in run.events.read_text().splitlines() for m in marks
+                  if m in l}) if run.events.exists() else []
+    return FitResult(status, trainer.stop_reason or "", trainer.history, run.root, trainer, warnings, bad)

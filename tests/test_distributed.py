@@ -13,6 +13,8 @@ from pathlib import Path
 import pytest
 import torch
 
+from har_colab.plots import TIMING_COLUMNS
+
 ROOT = Path(__file__).resolve().parents[1]
 
 
@@ -48,7 +50,7 @@ def start(nproc, args, **faults):
 
 
 def rows(run_dir):
-    return [{k: v for k, v in r.items() if k != "epoch_seconds"} for r in csv.DictReader(open(Path(run_dir) / "metrics.csv"))]
+    return [{k: v for k, v in r.items() if k not in TIMING_COLUMNS} for r in csv.DictReader(open(Path(run_dir) / "metrics.csv"))]
 
 
 def weights(run_dir):

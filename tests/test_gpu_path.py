@@ -11,6 +11,8 @@ import torch
 
 from conftest import run_cli
 
+from har_colab.plots import TIMING_COLUMNS
+
 pytestmark = pytest.mark.timeout(600)
 
 
@@ -69,7 +71,7 @@ def weights(run):
 
 
 def rows(run):
-    return [{k: v for k, v in r.items() if k != "epoch_seconds"} for r in csv.DictReader(open(Path(run) / "metrics.csv"))]
+    return [{k: v for k, v in r.items() if k not in TIMING_COLUMNS} for r in csv.DictReader(open(Path(run) / "metrics.csv"))]
 
 
 def same_weights(a, b):

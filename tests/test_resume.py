@@ -13,6 +13,8 @@ import torch
 
 from conftest import BIN, run_cli
 
+from har_colab.plots import TIMING_COLUMNS
+
 pytestmark = pytest.mark.timeout(900)
 
 
@@ -29,7 +31,7 @@ def start(args, env=None):
 
 def rows(run):
     "metrics.csv rows without the timing column."
-    return [{k: v for k, v in r.items() if k != "epoch_seconds"} for r in csv.DictReader(open(Path(run) / "metrics.csv"))]
+    return [{k: v for k, v in r.items() if k not in TIMING_COLUMNS} for r in csv.DictReader(open(Path(run) / "metrics.csv"))]
 
 
 def final_weights(run):
