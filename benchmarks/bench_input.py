@@ -28,6 +28,8 @@ WORK = HERE/"_work"
 SPEC = types.SimpleNamespace(frames=16, stride=2, resize=128, crop=112,
                              mean=(0.43216, 0.394666, 0.37645), std=(0.22803, 0.22145, 0.216989))
 CLASSES = ["wave", "run"]
+FULL = "decode only, full size (read_frames)"
+OURS = "har_colab ClipDataset (default decoder_resize=auto: full size at 320x240)"
 
 
 def make_videos(root:Path, per_kind:int) -> Path:
@@ -52,9 +54,15 @@ def median_rate(fn, n_clips:int, reps:int) -> float:
     return statistics.median(rates)
 
 
-def ours(samples, backend, workers, n_clips, batch_size):
+def probe_sizes(samples) -> dict:
+    "{path: (height, width)}: the probing pass a caller runs once, before training (not timed)."
+    from har_colab.video import probe
+    return {p: (i.height, i.width) for p in samples.paths for i in [probe(p, "torchcodec")]}
+
+
+def ours(samples, backend, workers, n_clips, batch_size, **kw):
     from har_colab.clips import ClipDataset
-    ds = ClipDataset(samples, SPEC, train=True, backend=backend, normalize=False)   # as `fit` makes it: uint8 items,
+    ds = ClipDataset(samples, SPEC, train=True, backend=backend, normalize=False, **kw)   # as `fit` makes it: uint8 items,
     sampler = torch.utils.data.RandomSampler(ds, replacement=True, num_samples=n_clips, generator=torch.Generator().manual_seed(0))
     def run():
         for x, y in torch.utils.data.DataLoader(ds, batch_size=batch_size, sampler=sampler, num_workers=workers):
@@ -63,15 +71,17 @@ def ours(samples, backend, workers, n_clips, batch_size):
     return run
 
 
-def decode_only(samples, backend, n_clips):
-    "Just the frames a clip needs: open, choose the same indices as ClipDataset, read_frames; no transform."
+def decode_only(samples, backend, n_clips, sizes=None):
+    """Just the frames a clip needs: open, choose the same indices as ClipDataset, read; no transform. Full size, or with
+    `sizes` at the model's short side (decoder-side resize)."""
     from har_colab.clips import effective_stride, train_clip_indices
     from har_colab.video import open_video
     g = torch.Generator().manual_seed(0)
     order = torch.randint(0, len(samples), (n_clips,), generator=g).tolist()
     def run():
         for v in order:
-            with open_video(samples.paths[v], backend, size=False) as video:   # as ClipDataset opens it
+            kw = dict(short_side=SPEC.resize, source_size=sizes[samples.paths[v]]) if sizes else {}
+            with open_video(samples.paths[v], backend, size=False, **kw) as video:   # as ClipDataset opens it
                 idx = train_clip_indices(video.info.frames, SPEC.frames, effective_stride(SPEC.stride, video.info.fps), g)
                 video.read(idx)
     return run
@@ -134,9 +144,13 @@ def main():
     def add(name, backend, workers, fn):
         r = median_rate(fn, n_clips, a.reps); rows.append((name, backend, workers, r))
         print(f"{name:<28} {backend:<11} workers={workers}  {r:7.1f} clips/s", flush=True)
+    sizes = probe_sizes(samples)
     for backend in ("decord", "torchcodec", "pyav"):
-        add("decode only (read_frames)", backend, 0, decode_only(samples, backend, n_clips))
-        for w in (0, 2): add("har_colab ClipDataset", backend, w, ours(samples, backend, w, n_clips, batch_size))
+        add(FULL, backend, 0, decode_only(samples, backend, n_clips))
+        add("decode only at 128 (decoder-side resize)", backend, 0, decode_only(samples, backend, n_clips, sizes))
+        add("ClipDataset, decoder_resize=True (decodes at 128)", backend, 0,
+            ours(samples, backend, 0, n_clips, batch_size, video_sizes=sizes, decoder_resize=True))
+        for w in (0, 2): add(OURS, backend, w, ours(samples, backend, w, n_clips, batch_size, video_sizes=sizes))
     for decoder in ("decord", "pyav"):
         for w in (0, 2): add("pytorchvideo LabeledVideoDataset", decoder, w, pytorchvideo_pipeline(root, decoder, w, n_clips, batch_size))
     t = time.perf_counter()
@@ -150,11 +164,18 @@ def main():
              f"320x240, 30 fps, 3-6 s), {n_clips} clips of 16x112x112 (stride 2, short side 128) per measurement, batch "
              f"{batch_size}, median of {a.reps}; torch threads 1; {os.cpu_count()} CPU cores ({platform.processor() or platform.machine()}), "
              f"torch {torch.__version__}.\n",
-             "| pipeline | backend | workers | clips/s | vs pytorchvideo (same decoder, workers) | vs decode only |",
+             "Rows that decode at full size (320x240, then torch's resize): 'decode only, full size', the default "
+             "'har_colab ClipDataset' (decoder_resize='auto' keeps full size below an 8x pixel ratio; 320x240 -> 171x128 "
+             "is 3.5x), pytorchvideo. Rows that decode at the model's size (the decoder resizes to short side 128): "
+             "'decode only at 128', 'ClipDataset, decoder_resize=True'. Frame sizes come from a probing pass made before "
+             "timing (`video_sizes=`; decord needs them to open its reader at 128). 'vs decode only' is against the "
+             "full-size decode-only row. pytorchvideo has no torchcodec decoder. The machine was shared with other "
+             "jobs during the run: rates vary by +-20% between runs.\n",
+             "| pipeline | backend | workers | clips/s | vs pytorchvideo (same decoder, workers) | vs decode only (full size) |",
              "| --- | --- | --- | ---: | ---: | ---: |"]
     for n, b, w, r in rows:
-        ptv = rate.get(("pytorchvideo LabeledVideoDataset", b, w)) if n.startswith("har_colab") else None
-        dec = rate.get(("decode only (read_frames)", b, 0)) if n.startswith("har_colab") else None
+        ptv = rate.get(("pytorchvideo LabeledVideoDataset", b, w)) if "ClipDataset" in n else None
+        dec = rate.get((FULL, b, 0)) if "ClipDataset" in n else None
         lines.append(f"| {n} | {b} | {w} | {r:.1f} | {f'{r/ptv:.2f}x' if ptv else ''} | {f'{100*r/dec:.0f}%' if dec else ''} |")
     lines += ["", f"RSS while decoding {a.rss_clips} clips with decord in one process ({rss_s:.0f} s): "
               f"{rss0:.0f} MB after warm-up -> {rss1:.0f} MB at the end (growth {rss1-rss0:+.1f} MB, peak {peak:.0f} MB; target < 50 MB)."]

@@ -17,22 +17,15 @@ import torch
 
 from .core import DataError, log_event
 from .env import in_colab
-from .transforms import resize_short_side
-from .video import VideoInfo, open_video
+from .video import VideoInfo, open_video, short_side_size
 
 # %% auto #0
-__all__ = ['default_cache_dir', 'short_side_size', 'CachedVideo', 'ClipCache']
+__all__ = ['default_cache_dir', 'CachedVideo', 'ClipCache']
 
 # %% ../nbs/16_cache.ipynb #6d616f43
 def default_cache_dir() -> Path:
     "`/content/har_colab_cache` in Colab (local disk, fast), else `~/.cache/har_colab/clips`."
     return Path("/content/har_colab_cache") if in_colab() else Path.home()/".cache"/"har_colab"/"clips"
-
-def short_side_size(h:int, w:int, size:int) -> tuple:
-    "(height, width) after `resize_short_side(..., size)` of an `h` x `w` frame."
-    if min(h, w) == size: return h, w
-    if h <= w: return size, max(1, round(w * size / h))
-    return max(1, round(h * size / w)), size
 
 def _hash(s:str, n:int) -> str: return hashlib.sha1(s.encode()).hexdigest()[:n]
 
@@ -77,7 +70,8 @@ class ClipCache:
     def allows(self, path) -> bool: return self.allowed is None or str(path) in self.allowed
 
     # --- read / build ----------------------------------------------------------------------------------------------
-    def open(self, path, backend:str|None=None) -> CachedVideo:
+    def open(self, path, backend:str|None=None,
+             source_size=None) -> CachedVideo:  # (height, width) of `path` when known: decord decodes at the short side
         "The cached frames of `path`, built first when missing or stale; `DataError` when it does not decode."
         try: npy = self.entry(path)
         except OSError as e: raise DataError(f"cannot decode {path}: {e.strerror or e}") from None
@@ -86,18 +80,20 @@ class ClipCache:
             return CachedVideo(path, *got)
         meta = npy.with_suffix(".json")
         if not npy.exists():
-            try: self._build(path, npy, meta, backend or self.backend)
-            except _NoSpace: return open_video(path, backend or self.backend)   # disk full: decode, as without cache
+            try: self._build(path, npy, meta, backend or self.backend, source_size)
+            except _NoSpace:                                 # disk full: decode, as without cache
+                return open_video(path, backend or self.backend, short_side=self.resize, source_size=source_size,
+                                  decoder_resize="auto")
         else: self.hits += 1
         got = np.load(npy, mmap_mode="r"), json.loads(meta.read_text())
         self._open_files[npy.name] = got
         if len(self._open_files) > self.keep_open: self._open_files.pop(next(iter(self._open_files)))
         return CachedVideo(path, *got)
-    def _build(self, path, npy:Path, meta:Path, backend:str):
+    def _build(self, path, npy:Path, meta:Path, backend:str, source_size=None):
         self.root.mkdir(parents=True, exist_ok=True)
         with _FileLock(npy.with_suffix(".lock")):
             if npy.exists(): self.hits += 1; return          # another worker built it while we waited
-            frames, info, reported = self._decode(path, backend)
+            frames, info, reported = self._decode(path, backend, source_size)
             tag = f".tmp{os.getpid()}-{uuid.uuid4().hex[:8]}"
             if shutil.disk_usage(self.root).free < frames.nbytes + 2**30:
                 raise _NoSpace()
@@ -113,16 +109,17 @@ class ClipCache:
                 if old.stem != npy.stem and ".tmp" not in old.name:
                     try: old.unlink()
                     except OSError: pass
-    def _decode(self, path, backend:str) -> tuple:
+    def _decode(self, path, backend:str, source_size=None) -> tuple:
         "(uint8 `T,H,W,C` array at the short side, clamped info, reported frame count): all frames, in chunks."
         parts = []
-        with open_video(path, backend) as video:
+        with open_video(path, backend, size=False, short_side=self.resize, source_size=source_size,
+                        decoder_resize="auto") as video:      # as ClipDataset decodes: the same pixels
             reported, s = video.info.frames, 0
             while s < video.info.frames:
                 e = min(s + self.chunk, video.info.frames)
                 x = video.read(list(range(s, e)))
                 if video.clamped: x, e = x[:max(0, video.info.frames - s)], video.info.frames
-                parts.append(resize_short_side(x.permute(0, 3, 1, 2), self.resize).permute(0, 2, 3, 1).numpy())
+                parts.append(x.numpy())                      # at the short side already (`open_video` resized)
                 s = e
             info = video.info
         return np.ascontiguousarray(np.concatenate(parts)), info, reported

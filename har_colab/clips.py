@@ -72,8 +72,15 @@ class ClipDataset(torch.utils.data.Dataset):
                  cache="none",        # "none", "local" (a `ClipCache` planned for these videos) or a `ClipCache`
                  cache_dir=None,      # with cache="local": its folder (default: `cache.default_cache_dir()`)
                  cache_max_gb:float=20.0,  # with cache="local": size bound (beyond it only the first videos are cached)
-                 normalize:bool=True):     # False: uint8 clips, normalised per batch by `transform.normalize_batch`
+                 normalize:bool=True,      # False: uint8 clips, normalised per batch by `transform.normalize_batch`
+                 decoder_resize="auto",    # decode at `spec.resize` in the decoder: True where the backend can, "auto"
+                                           #   where that is faster too (`VideoFile.auto_ratio`; see `open_video`);
+                                           #   False: full-size decode, then the transform's resize (the old pixels)
+                 video_sizes=None):        # {path: (height, width)} of the videos, e.g. from a probing pass: lets
+                                           #   decord decode at the model's size too (it cannot learn the size for free)
         self.samples, self.spec, self.train, self.normalize = samples, spec, train, normalize
+        self.decoder_resize = decoder_resize
+        self.video_sizes = {str(p): tuple(s) for p, s in (video_sizes or {}).items()}
         self.backend = resolve_backend(backend)   # imports the decoder here, once, before DataLoader workers fork
         self.clips_per_video = 1 if train else int(clips_per_video)
         self.seed, self.shuffle_frames, self.strict, self.run_dir = seed, shuffle_frames, strict, run_dir
@@ -93,8 +100,10 @@ class ClipDataset(torch.utils.data.Dataset):
     def _open(self, path, backend:str|None=None):
         "The video at `path`, from the cache when it has (or may build) it, else from the decoder."
         backend = backend or self.backend
-        if self.cache is not None and self.cache.allows(path): return self.cache.open(path, backend)
-        return open_video(path, backend, size=False)     # frames and fps are all a clip needs
+        known = self.video_sizes.get(str(path))
+        if self.cache is not None and self.cache.allows(path): return self.cache.open(path, backend, source_size=known)
+        return open_video(path, backend, size=False, short_side=self.transform.resize, source_size=known,
+                          decoder_resize=self.decoder_resize)   # frames and fps are all a clip needs
     def __len__(self): return len(self.samples) * self.clips_per_video
     def video_index(self, i:int) -> int: return i // self.clips_per_video
     def _read_video(self, v:int, k:int, epoch:int, span:tuple|None=None) -> tuple:

@@ -15,12 +15,13 @@ from pathlib import Path
 
 import numpy as np
 import torch
+import torch.nn.functional as F
 
 from .core import DataError
 
 # %% auto #0
-__all__ = ['BACKEND_ORDER', 'BACKENDS', 'backend_available', 'resolve_backend', 'VideoInfo', 'VideoFile', 'DecordVideo',
-           'TorchcodecVideo', 'PyAVVideo', 'open_video', 'probe', 'read_frames']
+__all__ = ['BACKEND_ORDER', 'BACKENDS', 'backend_available', 'resolve_backend', 'short_side_size', 'resize_frames', 'VideoInfo',
+           'VideoFile', 'DecordVideo', 'TorchcodecVideo', 'PyAVVideo', 'open_video', 'probe', 'read_frames']
 
 # %% ../nbs/10_video.ipynb #d76777eb
 BACKEND_ORDER = ("decord", "torchcodec", "pyav")        # fallback order when a backend's module is missing
@@ -59,12 +60,23 @@ def _reason(e:BaseException) -> str:
 class _DecodeFailed(Exception):
     "Internal: some wanted frames did not decode (e.g. past the real end of a file whose header over-reports)."
 
+def short_side_size(h:int, w:int, size:int) -> tuple:
+    "(height, width) of an `h` x `w` frame resized so that its short side is `size` (aspect kept, rounded)."
+    if min(h, w) == size: return h, w
+    if h <= w: return size, max(1, round(w * size / h))
+    return max(1, round(h * size / w)), size
+
+def resize_frames(frames:torch.Tensor, size) -> torch.Tensor:
+    "uint8 `T,H,W,C` frames resized to `size` (h, w): antialiased bilinear, the transforms' resize, pixel for pixel."
+    x = F.interpolate(frames.permute(0, 3, 1, 2), size=tuple(size), mode="bilinear", antialias=True, align_corners=False)
+    return x.permute(0, 2, 3, 1)
+
 @dataclass(frozen=True)
 class VideoInfo:
     "What a container says about its video stream."
     frames: int      # number of frames (as reported, clamped to what decodes)
     fps: float       # average frames per second
-    width: int       # after rotation metadata is applied
+    width: int       # after rotation metadata is applied (of the source, also when frames are read smaller)
     height: int
     @property
     def duration(self) -> float: return self.frames / self.fps if self.fps else 0.0
@@ -72,16 +84,41 @@ class VideoInfo:
 class VideoFile:
     "An open video: `.info`, `.read(indices)`, `.close()`; a context manager. Subclasses implement one backend."
     backend = None
-    def __init__(self, path, size:bool=True):
+    auto_ratio = None   # decoder_resize="auto": the decoder resizes when source pixels / output pixels >= this (None: never)
+    def __init__(self, path, size:bool=True,
+                 short_side:int|None=None,  # read frames with this short side (aspect kept, as `short_side_size`)
+                 out_size=None,             # or at exactly this (height, width)
+                 source_size=None,          # the video's (height, width) when known (a probing pass): lets decord
+                                            #   open its reader at the output size
+                 decoder_resize=True):      # False: decode at full size, then `resize_frames` (the transforms' pixels);
+                                            #   "auto": in the decoder only where it measured faster (`auto_ratio`)
         self.path, self.probe_size = Path(path), size   # size=False: width/height may stay 0 when they cost a decode
+        self.short_side, self.out_size = (int(short_side) if short_side else None), (tuple(out_size) if out_size else None)
+        self.source_size, self.decoder_resize = (tuple(source_size) if source_size else None), decoder_resize
+        self.resized_by = None  # "decoder" when the decoder makes frames at the output size, "torch" once `read` resized
         if not self.path.is_file(): raise DataError(f"cannot decode {self.path}: file not found")
         if self.path.stat().st_size == 0: raise DataError(f"cannot decode {self.path}: empty file (0 bytes)")
         try: self.info = self._open()
         except DataError: self.close(); raise
         except Exception as e: self.close(); raise self._error(e) from None
         if self.info.frames <= 0: self.close(); raise DataError(f"cannot decode {self.path}: no video frames")
+        if self.info.width and self.info.height: self.source_size = (self.info.height, self.info.width)
         self.clamped = False  # True once a read found fewer decodable frames than the header said
     def _error(self, e) -> DataError: return DataError(f"cannot decode {self.path}: {_reason(e) if isinstance(e, BaseException) else e}")
+    @property
+    def resizes(self) -> bool: return bool(self.short_side or self.out_size)
+    def size_for(self, h:int, w:int) -> tuple:
+        "(height, width) that `read` returns for a video of `h` x `w`."
+        if self.out_size: return self.out_size
+        return short_side_size(h, w, self.short_side) if self.short_side else (h, w)
+    def _decoder_size(self, source=None) -> tuple|None:
+        "The (h, w) to ask the decoder for, given the `source` (h, w) when the backend knows it; None: full size."
+        source = source or self.source_size
+        if not (self.resizes and self.decoder_resize) or not (self.out_size or source): return None
+        hw = self.size_for(*source) if source else self.out_size
+        if self.decoder_resize == "auto" and not (source and self.auto_ratio and
+                                                  source[0] * source[1] >= self.auto_ratio * hw[0] * hw[1]): return None
+        return hw
     # --- what a backend implements ---
     def _open(self) -> VideoInfo: raise NotImplementedError
     def _read(self, indices:list) -> torch.Tensor:
@@ -100,12 +137,7 @@ class VideoFile:
             if self._try(mid): good = mid
             else: bad = mid
         return good + 1
-    def read(self, indices) -> torch.Tensor:
-        "uint8 `T,H,W,C` frames at `indices` (any order, repeats allowed)."
-        indices = [int(i) for i in indices]
-        if not indices: raise ValueError("indices is empty")
-        n = self.info.frames
-        if min(indices) < 0 or max(indices) >= n: raise DataError(f"frame index out of range 0..{n-1} in {self.path}")
+    def _read_clamped(self, indices:list) -> torch.Tensor:
         try: return self._read(indices)
         except Exception as e: first = e
         # the header over-reports, or the tail is damaged: clamp to what decodes and try once more
@@ -118,6 +150,18 @@ class VideoFile:
             if m < self.info.frames: self.info, self.clamped = replace(self.info, frames=m), True
             return x
         raise self._error(last)
+    def read(self, indices) -> torch.Tensor:
+        "uint8 `T,H,W,C` frames at `indices` (any order, repeats allowed), at the output size when one was asked for."
+        indices = [int(i) for i in indices]
+        if not indices: raise ValueError("indices is empty")
+        n = self.info.frames
+        if min(indices) < 0 or max(indices) >= n: raise DataError(f"frame index out of range 0..{n-1} in {self.path}")
+        x = self._read_clamped(indices)
+        if self.resizes:
+            if self.resized_by != "decoder" and self.source_size is None: self.source_size = tuple(x.shape[1:3])
+            want = self.size_for(*self.source_size) if self.source_size else self.out_size
+            if tuple(x.shape[1:3]) != want: x, self.resized_by = resize_frames(x, want), "torch"   # the decoder could not
+        return x
     def __enter__(self): return self
     def __exit__(self, *a): self.close()
     def __del__(self):
@@ -127,19 +171,22 @@ class VideoFile:
 
 # %% ../nbs/10_video.ipynb #842ec859
 class DecordVideo(VideoFile):
-    "decord backend: `VideoReader(path, num_threads=1)`, `get_batch(indices)`."
+    "decord backend: `VideoReader(path, num_threads=1)` (at the output size when it is known before opening), `get_batch(indices)`."
     backend = "decord"
+    auto_ratio = 8.0    # 1280x720 -> 228x128: 1.5-2x faster per clip than full size + torch; 320x240 -> 171x128: no gain
     def _reader(self):
         import decord
-        if self._vr is None: self._vr = decord.VideoReader(str(self.path), num_threads=1)
+        if self._vr is None: self._vr = decord.VideoReader(str(self.path), num_threads=1, width=self._wh[0], height=self._wh[1])
         return self._vr
     def _open(self):
-        self._vr = None
+        self._vr, self._wh = None, (-1, -1)
+        hw = self._decoder_size()                # decord does not tell the size before decoding: only a given one helps
+        if hw: self._wh, self.resized_by = (int(hw[1]), int(hw[0])), "decoder"
         vr = self._reader()
         n = len(vr)
         if n == 0: raise DataError(f"cannot decode {self.path}: no video frames")
-        h = w = 0
-        if self.probe_size:                      # decord tells the size only by decoding a frame (frame 0)
+        h, w = self.source_size or (0, 0)
+        if self.probe_size and not hw:           # decord tells the size only by decoding a frame (frame 0)
             h, w = vr[0].shape[:2]
             vr.seek(0)
         return VideoInfo(frames=n, fps=float(vr.get_avg_fps() or 0.0), width=int(w), height=int(h))
@@ -151,12 +198,32 @@ class DecordVideo(VideoFile):
         return arr.contiguous() if torch.is_tensor(arr) else torch.from_numpy(np.ascontiguousarray(arr))
     def close(self): self._vr = None
 
+def _torchcodec_resize(video:VideoFile):
+    "torchcodec decoder transforms that make `video`'s output size from the stream's size, which the decoder reads at open; None where this torchcodec has none."
+    try: from torchcodec.transforms import Resize
+    except ImportError: return None
+    if video.out_size or video.source_size:
+        hw = video._decoder_size()
+        return [Resize(hw)] if hw else None
+    if video.decoder_resize == "auto" or not hasattr(Resize, "_make_transform_spec"): return None   # "auto" decides on sizes
+    class _OutputSize(Resize):                   # the size follows from the stream's (height, width) at open: one open
+        def __init__(self): self.size = None
+        def _make_transform_spec(self, input_dims):
+            self.size = video._decoder_size(input_dims)
+            return super()._make_transform_spec(input_dims)
+        def _get_output_dims(self): return None   # asked before the spec; only a later transform would need it
+    return [_OutputSize()]
+
 class TorchcodecVideo(VideoFile):
-    "torchcodec backend: `VideoDecoder(path, seek_mode='exact')` (an index of every frame), `get_frames_at(indices)`."
+    "torchcodec backend: `VideoDecoder(path, seek_mode='exact')` (an index of every frame; a `Resize` transform for the output size), `get_frames_at(indices)`."
     backend = "torchcodec"
+    auto_ratio = None   # its `Resize` measured slower than full size + torch resize at 320x240 and at 1280x720
     def _open(self):
         from torchcodec.decoders import VideoDecoder
-        self._dec = VideoDecoder(str(self.path), dimension_order="NHWC", seek_mode="exact", num_ffmpeg_threads=1)
+        transforms = _torchcodec_resize(self) if self.resizes and self.decoder_resize else None
+        self._dec = VideoDecoder(str(self.path), dimension_order="NHWC", seek_mode="exact", num_ffmpeg_threads=1,
+                                 **({"transforms": transforms} if transforms else {}))
+        if transforms: self.resized_by = "decoder"
         m = self._dec.metadata
         n = int(m.num_frames or 0)
         if n == 0: raise DataError(f"cannot decode {self.path}: no video frames")
@@ -175,6 +242,9 @@ def _av_open(path):
 class PyAVVideo(VideoFile):
     "PyAV backend: an index of packet timestamps (demux only), then seek to a keyframe and decode forward."
     backend = "pyav"
+    auto_ratio = 8.0    # as decord: faster at 1280x720 -> 128, slower at 320x240 -> 128
+    scale_flags = "bilinear"                     # FFmpeg's scaler for the output size: of area, bilinear and bicubic the
+                                                 #   closest to `resize_frames` (measured below)
     def _open(self):
         self._c = _av_open(self.path)
         if not self._c.streams.video: raise DataError(f"cannot decode {self.path}: no video stream")
@@ -191,15 +261,14 @@ class PyAVVideo(VideoFile):
         self._pts = [pts[i] for i in order]                  # frame index -> pts (presentation order)
         self._index = {t: i for i, t in enumerate(self._pts)}
         self._keys = [i for i, j in enumerate(order) if key[j]] or [0]   # frame indices of keyframes
-        self._gen, self._pos, self._graph, self._graph_key = None, None, None, None
+        self._gen, self._pos, self._graph, self._graph_key, self._shown = None, None, None, None, None
         rate = s.average_rate
         if rate: fps = float(rate)
         elif len(self._pts) > 1 and s.time_base: fps = (len(self._pts) - 1) / float((self._pts[-1] - self._pts[0]) * s.time_base)
         else: fps = 0.0
-        cc = s.codec_context
-        w, h = int(cc.width), int(cc.height)
-        f0 = self._read([0])                         # decodes frame 0: size after rotation, and proof that it decodes
-        return VideoInfo(frames=len(self._pts), fps=fps, width=int(f0.shape[2]), height=int(f0.shape[1]))
+        self._read([0])                              # decodes frame 0: size after rotation, and proof that it decodes
+        h, w = self._shown
+        return VideoInfo(frames=len(self._pts), fps=fps, width=int(w), height=int(h))
     def _seek(self, k:int):
         self._c.seek(int(self._pts[k]), stream=self._s, backward=True, any_frame=False)
         self._gen, self._pos = self._c.decode(self._s), None
@@ -221,18 +290,24 @@ class PyAVVideo(VideoFile):
             if w not in got: self._gen = None; raise _DecodeFailed(f"frame {w} did not decode")
         return torch.stack([got[i] for i in indices])
     def _rgb(self, f) -> torch.Tensor:
-        "RGB through FFmpeg's `scale` filter, as decord and torchcodec convert (`to_ndarray` differs at odd sizes)."
+        "RGB through FFmpeg's `scale` filter, as decord and torchcodec convert (`to_ndarray` differs at odd sizes); at the output size when known."
         import av
-        key = (f.width, f.height, f.format.name)
+        r = int(getattr(f, "rotation", 0) or 0) % 360   # display-matrix rotation, counter-clockwise degrees
+        key = (f.width, f.height, f.format.name, r)
         if self._graph_key != key:
+            turn = r in (90, 270)
+            self._shown = (f.width, f.height) if turn else (f.height, f.width)   # (h, w) as shown
+            hw = self._decoder_size(self._shown)
+            if hw: self.resized_by = "decoder"
+            oh, ow = (hw[::-1] if turn else hw) if hw else (f.height, f.width)   # scaled before the rotation
             g = av.filter.Graph()
             src = g.add_buffer(width=f.width, height=f.height, format=f.format, time_base=self._s.time_base or Fraction(1, 1000))
-            scale, fmt, sink = g.add("scale", f"{f.width}:{f.height}"), g.add("format", "rgb24"), g.add("buffersink")
+            scale = g.add("scale", f"{ow}:{oh}" + (f":flags={self.scale_flags}" if hw else ""))
+            fmt, sink = g.add("format", "rgb24"), g.add("buffersink")
             src.link_to(scale); scale.link_to(fmt); fmt.link_to(sink); g.configure()
             self._graph, self._graph_key = g, key
         self._graph.push(f)
         x = self._graph.pull().to_ndarray()
-        r = int(getattr(f, "rotation", 0) or 0) % 360   # display-matrix rotation, counter-clockwise degrees
         if r: x = np.rot90(x, r // 90)
         return torch.from_numpy(np.ascontiguousarray(x))
     def close(self):
@@ -242,16 +317,23 @@ class PyAVVideo(VideoFile):
 # %% ../nbs/10_video.ipynb #e2cdc622
 BACKENDS = {"decord": DecordVideo, "torchcodec": TorchcodecVideo, "pyav": PyAVVideo}
 
-def open_video(path, backend:str="decord", size:bool=True) -> VideoFile:
+def open_video(path, backend:str="decord", size:bool=True,
+               short_side:int|None=None,  # frames come out with this short side (default: full size)
+               out_size=None,             # or at exactly this (height, width)
+               source_size=None,          # the video's (height, width) when already known (e.g. from `probe`)
+               decoder_resize=True,       # False: full-size decode + `resize_frames` (the transforms' pixels);
+                                          #   "auto": in the decoder only where it measured faster
+               ) -> VideoFile:
     "Open `path` with `backend` ('decord', 'torchcodec', 'pyav'); the result has `.info` and `.read(indices)`."
     # size=False: a reader that needs only frames and fps (ClipDataset) skips decord's decode of frame 0 (info.width = 0)
-    return BACKENDS[resolve_backend(backend)](path, size=size)
+    return BACKENDS[resolve_backend(backend)](path, size=size, short_side=short_side, out_size=out_size,
+                                              source_size=source_size, decoder_resize=decoder_resize)
 
 def probe(path, backend:str="decord") -> VideoInfo:
     "Frame count, fps and size of the video at `path`."
     with open_video(path, backend) as v: return v.info
 
 # %% ../nbs/10_video.ipynb #7e831e46
-def read_frames(path, indices, backend:str="decord") -> torch.Tensor:
-    "uint8 `T,H,W,C` frames of the video at `path` for frame `indices`."
-    with open_video(path, backend) as v: return v.read(indices)
+def read_frames(path, indices, backend:str="decord", short_side:int|None=None, out_size=None) -> torch.Tensor:
+    "uint8 `T,H,W,C` frames of the video at `path` for frame `indices` (full size, or as `open_video` resizes)."
+    with open_video(path, backend, short_side=short_side, out_size=out_size) as v: return v.read(indices)
