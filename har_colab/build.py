@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import datetime as _dt
 import json
+import re
 import shutil
 from dataclasses import dataclass
 from pathlib import Path
@@ -20,13 +21,13 @@ from .datasets import ProbeResult, Samples, _first_bad, load_samples, probe_vide
 from .cache import ClipCache
 from .env import in_colab
 from .clips import ClipDataset
-from .models import create_model, get_spec
+from .models import LoadReport, create_model, get_spec, load_report, set_head_dropout
 from .checkpoint import RunFolder, RunLock, fallback_folder, find_checkpoint, load_checkpoint
-from .config import TrainConfig, config_diff, config_from_dict
+from .config import TrainConfig, apply_recipe, config_diff, config_from_dict, keep_recipe
 
 # %% auto #0
-__all__ = ['build_samples', 'samples_from_saved', 'build_model', 'build_cache', 'clip_dataset', 'SavedRun', 'checkpoint_path',
-           'load_run', 'RunStart', 'open_run']
+__all__ = ['build_samples', 'samples_from_saved', 'build_model', 'init_state', 'init_from', 'build_cache', 'clip_dataset',
+           'SavedRun', 'checkpoint_path', 'load_run', 'RunStart', 'open_run', 'run_video_sizes']
 
 # %% ../nbs/35_build.ipynb #67fa4bc0
 def build_samples(cfg:TrainConfig) -> tuple:
@@ -68,8 +69,49 @@ def samples_from_saved(d:dict, data_root,
 # %% ../nbs/35_build.ipynb #1efa71d0
 def build_model(cfg:TrainConfig, num_classes:int, pretrained:bool|None=None) -> nn.Module:
     "`cfg.model` with a `num_classes` head: pretrained (default: `cfg.pretrained`), then frozen as `cfg.freeze` says."
-    return create_model(cfg.model, num_classes, pretrained=cfg.pretrained if pretrained is None else pretrained,
-                        freeze=cfg.freeze, k=cfg.freeze_k, weights_dir=cfg.weights_dir, drop_path=cfg.drop_path)
+    model = create_model(cfg.model, num_classes, pretrained=cfg.pretrained if pretrained is None else pretrained,
+                         freeze=cfg.freeze, k=cfg.freeze_k, weights_dir=cfg.weights_dir, drop_path=cfg.drop_path)
+    return set_head_dropout(model, get_spec(cfg.model), cfg.head_dropout or 0.0)
+
+def init_state(source) -> tuple:
+    "(state dict, file, its model name or None) of `--init`: a run folder (its best.pt, else last.pt), a checkpoint or a .pt state dict."
+    p = Path(source).expanduser()
+    if p.is_dir():
+        run = RunFolder(p)
+        path = next((c for c in (run.best, run.last) if c.exists()), None)
+        if path is None: raise ConfigError(f"--init {p}: that run folder has no checkpoint (checkpoints/best.pt); train it first, or give a .pt file")
+    elif p.is_file(): path = p
+    else: raise ConfigError(f"--init {source}: no such run folder or file")
+    try: obj = torch.load(path, map_location="cpu", weights_only=True)
+    except Exception as e:
+        raise ConfigError(f"--init {path} does not load ({type(e).__name__}: {str(e).splitlines()[0][:120] if str(e) else ''}); give a "
+                          "run folder, a har_colab checkpoint or a state dict saved with torch.save(model.state_dict(), path)") from None
+    name = obj.get("model_name") if isinstance(obj, dict) and "format_version" in obj else None
+    sd = obj["model"] if name is not None else (obj.get("state_dict", obj) if isinstance(obj, dict) else obj)
+    if not isinstance(sd, dict) or not sd or not all(torch.is_tensor(v) for v in sd.values()):
+        raise ConfigError(f"--init {path} holds no state dict (tensors by name); give a run folder or torch.save(model.state_dict(), path)")
+    sd = dict(sd)
+    torch.nn.modules.utils.consume_prefix_in_state_dict_if_present(sd, "module.")
+    return sd, path, name
+
+def init_from(model:nn.Module, cfg:TrainConfig, source) -> LoadReport:
+    """Load into `model` every tensor of `source` (`init_state`) that matches by name and shape; the classifier head is
+    new when its shape differs (other classes). The report counts what loaded and what did not."""
+    sd, path, name = init_state(source)
+    spec = get_spec(cfg.model)
+    if name is not None and name != cfg.model:
+        raise ConfigError(f"--init {path} is a {name} run and this run trains {cfg.model}; use --model {name} or an init of {cfg.model}")
+    own = model.state_dict()
+    head = [k for k in sd if k.startswith(spec.head + ".")]
+    new_head = any(k in own and tuple(sd[k].shape) != tuple(own[k].shape) for k in head)
+    file = {k: v for k, v in sd.items() if not (new_head and k in head)}
+    model.load_state_dict({k: v for k, v in file.items() if k in own and tuple(v.shape) == tuple(own[k].shape)}, strict=False)
+    rep = load_report(model, file, source=str(path), new=(rf"^{re.escape(spec.head)}\.",) if new_head else ())
+    rep.kind = "init from"
+    if rep.loaded == 0:
+        raise ConfigError(f"--init {path}: none of its {len(sd)} tensors fits {cfg.model} (is it another model?); give a run or "
+                          f"state dict of {cfg.model}")
+    return rep
 
 def build_cache(cfg:TrainConfig, paths, log=None,
                 colab:bool|None=None) -> ClipCache|None:   # default: `env.in_colab()`
@@ -90,12 +132,14 @@ def clip_dataset(cfg:TrainConfig, samples:Samples, train:bool,
                  clips_per_video:int|None=None,  # evaluation clips per video (default: cfg.eval_clips)
                  run_dir=None,                    # run folder whose events.log records skipped videos
                  cache:ClipCache|None=None,       # from `build_cache`
-                 normalize:bool=False) -> ClipDataset:  # False: uint8 items, normalised per batch on the device
+                 normalize:bool=False,            # False: uint8 items, normalised per batch on the device
+                 video_sizes:dict|None=None) -> ClipDataset:  # {path: (h, w)} from the probing pass (`run_video_sizes`)
     "The training (random clips) or evaluation (uniform clips) `ClipDataset` of `cfg` over `samples`."
     kw = dict(backend=cfg.backend, seed=cfg.seed, frames=cfg.frames, shuffle_frames=cfg.shuffle_frames, strict=cfg.strict,
-              run_dir=None if run_dir is None else str(run_dir), cache=cache, normalize=normalize)
+              run_dir=None if run_dir is None else str(run_dir), cache=cache, normalize=normalize, video_sizes=video_sizes)
     spec = get_spec(cfg.model)
-    if train: return ClipDataset(samples, spec, train=True, hflip=cfg.hflip, min_crop_area=cfg.min_crop_area, **kw)
+    if train: return ClipDataset(samples, spec, train=True, hflip=cfg.hflip, min_crop_area=cfg.min_crop_area,
+                                 clips_per_video=cfg.train_clips or 1, **kw)
     return ClipDataset(samples, spec, train=False, clips_per_video=clips_per_video or cfg.eval_clips, **kw)
 
 # %% ../nbs/35_build.ipynb #c57818a9
@@ -228,8 +272,10 @@ def _take_folder(run:RunFolder, cfg:TrainConfig, echo) -> tuple:
         if old is not None: run.log(f"restarted: the previous run's files moved to {old}", echo)
     return lock, created
 
-def open_run(cfg:TrainConfig, echo=print) -> RunStart:
-    "Lock the run folder of `cfg` and find what to resume and which videos to train on; writes nothing (see `RunStart.commit`)."
+def open_run(cfg:TrainConfig, echo=print,
+             raw=None) -> RunStart:   # the config as the user gave it: the recipe fills only what it left unset
+    """Lock the run folder of `cfg` and find what to resume and which videos to train on, with the recipe's choices filled
+    into `cfg`; writes nothing (see `RunStart.commit`)."""
     run = RunFolder(cfg.run_dir, fallback_folder(cfg.run_dir, cfg.fallback_dir), echo).hold_log()
     lock, created, refused = None, False, None
     if is_main():
@@ -248,6 +294,7 @@ def open_run(cfg:TrainConfig, echo=print) -> RunStart:
                                  "loads (checkpoints/ is missing or damaged); use a new --run-dir, or add --restart to start "
                                  f"over here (the old files move to {run.root.name}-old-<date>)")
         if state is not None:
+            keep_recipe(cfg, raw, state["config"])                # the choices the run started with
             diff = config_diff(state["config"], cfg.to_dict())
             if diff and not cfg.force_resume:
                 shown = ", ".join(f"{k}: {state['config'].get(k)!r} -> {cfg.to_dict().get(k)!r}" for k in diff[:4])
@@ -261,6 +308,8 @@ def open_run(cfg:TrainConfig, echo=print) -> RunStart:
             train, val = build_samples(cfg)
             start.probe = from_main(probe_videos(train.paths + val.paths, cfg.backend, progress=cfg.progress) if is_main() else None)
             train, val = _leave_out_unreadable(cfg, start.probe, train, val, run, echo)
+            line = apply_recipe(cfg, raw, train.counts())
+            if line: run.log(line, echo)
     except BaseException:
         start.close(); raise
     start.state, start.path, start.train, start.val = state, path, train, val
@@ -277,6 +326,18 @@ def _leave_out_unreadable(cfg:TrainConfig, probe:ProbeResult, train:Samples, val
     train, val = probe.keep(train), probe.keep(val)
     if not len(val): raise DataError(f"no validation video decodes ({_first_bad(bad)}); check the files, or the --backend")
     return train, val
+
+def run_video_sizes(run_dir, data, samples:Samples) -> dict:
+    """{path: (height, width)} of `samples` from the run's probe.json (empty for a run without one): the sizes the run
+    decoded at, so a resumed run and its evaluation read the same pixels (see `ClipDataset(video_sizes=)`)."""
+    try: videos = json.loads((Path(run_dir)/"probe.json").read_text(encoding="utf-8"))["videos"]
+    except (OSError, ValueError, KeyError, TypeError): return {}
+    root, out = Path(data).expanduser().resolve(), {}
+    for p in samples.paths:
+        q = Path(p).expanduser().resolve()
+        info = videos.get(q.relative_to(root).as_posix() if q.is_relative_to(root) else p) or {}
+        if info.get("width") and info.get("height"): out[p] = (int(info["height"]), int(info["width"]))
+    return out
 
 def _probe_json(probe:ProbeResult, cfg:TrainConfig) -> dict:
     "RUN/probe.json: what the probing pass found per video (paths relative to the dataset root)."

@@ -82,7 +82,7 @@ class ClipDataset(torch.utils.data.Dataset):
         self.decoder_resize = decoder_resize
         self.video_sizes = {str(p): tuple(s) for p, s in (video_sizes or {}).items()}
         self.backend = resolve_backend(backend)   # imports the decoder here, once, before DataLoader workers fork
-        self.clips_per_video = 1 if train else int(clips_per_video)
+        self.clips_per_video = int(clips_per_video)   # training: that many random clips of each video per epoch
         self.seed, self.shuffle_frames, self.strict, self.run_dir = seed, shuffle_frames, strict, run_dir
         self.frames = int(frames or spec.frames)
         self.transform = VideoTransform(spec, train=train, hflip=hflip, scale=(min_crop_area, 1.0))
@@ -129,7 +129,7 @@ class ClipDataset(torch.utils.data.Dataset):
                f"such video of this run without another line (backend={backend!r} / --backend {backend} skips the failing tries)")
         if self.run_dir is None or _log_once(self.run_dir, msg, marker): warnings.warn(msg)
     def _read_with(self, backend:str, path, v:int, k:int, epoch:int, span:tuple|None=None) -> torch.Tensor:
-        g = torch_generator(self.seed, int(epoch), v, "clip")
+        g = torch_generator(self.seed, int(epoch), v, "clip", *([k] if k else []))   # clip 0: the draw of one clip per video
         with self._open(path, backend) as video:
             stride = effective_stride(self.spec.stride, video.info.fps)
             if self.train: idx = train_clip_indices(video.info.frames, self.frames, stride, g)

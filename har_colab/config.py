@@ -12,7 +12,8 @@ from .core import ConfigError
 from .models import check_available, get_spec
 
 # %% auto #0
-__all__ = ['MAY_CHANGE_ON_RESUME', 'TrainConfig', 'resolve_config', 'config_diff', 'config_from_dict', 'check_batch_size']
+__all__ = ['MAY_CHANGE_ON_RESUME', 'LEGACY', 'RECIPE_FIELDS', 'TrainConfig', 'resolve_config', 'config_diff', 'config_from_dict',
+           'check_batch_size', 'apply_recipe', 'keep_recipe']
 
 # %% ../nbs/31_config.ipynb #6a649bf4
 def _f(default, help, **kw): return field(default=default, metadata={"help": help, **kw})
@@ -29,6 +30,10 @@ class TrainConfig:
     val_fraction: float = _f(0.2, "held-out fraction per class when the format has no test split (folder)")
     model: str = _f("r3d_18", "model name (har-colab models lists them)")
     pretrained: bool = _f(True, "start from Kinetics-400 weights")
+    init: str = _f(None, "start from another run folder's best.pt, a checkpoint or a .pt state dict instead (layers matched by "
+                   "name and shape, a new head for other classes; a resumed run keeps its own weights)")
+    recipe: str = _f("auto", "fine-tuning defaults for few videos per class (train_clips, freeze, layer_decay, head_dropout) "
+                     "chosen at the start of a run from weights; fills only what is not set (none: off)", choices=("auto", "none"))
     freeze: str = _f(None, "what to freeze (default: the model's recipe, else none)", choices=("none", "backbone", "all_but_last_k", "all"))
     freeze_k: int = _f(1, "with freeze=all_but_last_k: how many top-level blocks train")
     frames: int = _f(None, "frames per clip (default: the model's)")
@@ -43,6 +48,11 @@ class TrainConfig:
     layer_decay: float = _f(None, "layer-wise LR decay of ViT blocks, e.g. 0.75 (default: the model's recipe, else none; 1: off)")
     drop_path: float = _f(None, "stochastic depth of the last block (default: the model's recipe, else none; 0: off)")
     label_smoothing: float = _f(0.1, "label smoothing of the cross-entropy loss")
+    train_clips: int = _f(None, "random clips per training video per epoch, each its own (default: the recipe's, else 1)")
+    head_dropout: float = _f(None, "dropout before the classifier head (default: the recipe's, else none)")
+    mixup: float = _f(0.0, "mixup: Beta(a, a) blends of clip pairs and their labels in each micro-batch (0: off), e.g. 0.8")
+    cutmix: float = _f(0.0, "cutmix: a box of another clip pasted over all frames, labels by area (0: off), e.g. 1.0; "
+                       "with mixup each micro-batch uses one of the two")
     clip_grad: float = _f(1.0, "gradient norm clipping (0: off)")
     amp: str = _f("auto", "mixed precision", choices=("auto", "off", "fp16", "bf16"))
     channels_last: bool = _f(True, "channels_last_3d memory format on CUDA for convolutional models")
@@ -86,7 +96,8 @@ class TrainConfig:
 MAY_CHANGE_ON_RESUME = {"run_dir", "data", "splits", "weights_dir", "epochs", "workers", "device", "backend", "strict", "cache",
                         "cache_dir", "cache_max_gb",
                         "save_every_minutes", "time_budget_minutes", "keep", "force_resume", "restart", "fallback_dir", "progress", "plot",
-                        "tensorboard", "grad_checkpoint", "deterministic", "val_every"}
+                        "tensorboard", "grad_checkpoint", "deterministic", "val_every", "recipe"}   # recipe: its choices are compared
+LEGACY = {"train_clips": 1, "head_dropout": 0.0, "init": None, "mixup": 0.0, "cutmix": 0.0}   # before these fields existed
 
 def resolve_config(cfg:TrainConfig) -> TrainConfig:
     "Fill the spec's defaults (lr, optimizer, frames) and check every value; `ConfigError` names the bad one."
@@ -112,19 +123,23 @@ def resolve_config(cfg:TrainConfig) -> TrainConfig:
               ("label_smoothing", 0 <= cfg.label_smoothing < 1, "in [0, 1)"), ("keep", cfg.keep >= 1, ">= 1"),
               ("save_every_minutes", cfg.save_every_minutes >= 0, ">= 0"), ("warmup_epochs", cfg.warmup_epochs >= 0, ">= 0"),
               ("weight_decay", cfg.weight_decay >= 0, ">= 0"), ("layer_decay", cfg.layer_decay is None or 0 < cfg.layer_decay <= 1, "in (0, 1]"),
-              ("drop_path", cfg.drop_path is None or 0 <= cfg.drop_path < 1, "in [0, 1)")]
+              ("drop_path", cfg.drop_path is None or 0 <= cfg.drop_path < 1, "in [0, 1)"),
+              ("train_clips", cfg.train_clips is None or cfg.train_clips >= 1, ">= 1"),
+              ("head_dropout", cfg.head_dropout is None or 0 <= cfg.head_dropout < 1, "in [0, 1)"),
+              ("mixup", cfg.mixup >= 0, ">= 0"), ("cutmix", cfg.cutmix >= 0, ">= 0")]
     for name, ok, want in checks:
         if not ok: raise ConfigError(f"{name}={getattr(cfg, name)!r}; it must be {want}")
     if spec.exact_frames and cfg.frames != spec.frames:
         raise ConfigError(f"{spec.name} needs exactly {spec.frames} frames; set frames={spec.frames} or pick another model")
-    if cfg.pretrained and not spec.weights_url:
+    if cfg.pretrained and not spec.weights_url and not cfg.init:
         raise ConfigError(f"{spec.name} has no pretrained weights; add --no-pretrained (pretrained=False)")
     check_available(spec)                                    # its optional package (transformers) is installed
     return cfg
 
 def config_diff(saved:dict, new:dict) -> list:
     "Result-changing keys whose values differ between a checkpoint's config and a new one."
-    default = {f.name: f.default for f in dataclasses.fields(TrainConfig)}   # a field newer than the checkpoint: its default
+    # a field newer than the checkpoint: what the older version did (LEGACY), else its default
+    default = {**{f.name: f.default for f in dataclasses.fields(TrainConfig)}, **LEGACY}
     return sorted(k for k in set(saved) | set(new)
                   if k not in MAY_CHANGE_ON_RESUME and saved.get(k, default.get(k)) != new.get(k, default.get(k)))
 
@@ -137,3 +152,47 @@ def check_batch_size(cfg:TrainConfig, n_train:int):
     "`ConfigError` when `cfg.batch_size` is larger than the `n_train` training videos (`fit` refuses; the doctor says so)."
     if n_train < cfg.batch_size:
         raise ConfigError(f"batch_size={cfg.batch_size} is larger than the {n_train} training videos; use --batch-size {max(1, n_train // 2)}")
+
+# %% ../nbs/31_config.ipynb #b840ea72
+RECIPE_FIELDS = ("train_clips", "head_dropout", "freeze", "freeze_k", "layer_decay")
+
+def _given(raw, cfg:TrainConfig) -> dict:
+    "The fields the user set: `raw` as given to `fit` (None: take every value of `cfg` as set)."
+    d = raw if isinstance(raw, dict) else (raw or cfg).to_dict()
+    given = {k for k in RECIPE_FIELDS if d.get(k) is not None}
+    if "freeze" in given: given.add("freeze_k")            # freeze_k goes with the freeze mode
+    return given
+
+def _fill(cfg:TrainConfig):
+    "What the recipe left unset: one clip per video, no head dropout."
+    if cfg.train_clips is None: cfg.train_clips = 1
+    if cfg.head_dropout is None: cfg.head_dropout = 0.0
+
+def apply_recipe(cfg:TrainConfig, raw, counts:list) -> str:
+    """Fill the recipe's choices into the resolved `cfg` for a new run with `counts` training videos per class where `raw`
+    (what the user gave `fit`) left them unset; returns the line that explains it ('' when nothing was chosen)."""
+    import statistics
+    spec, given = get_spec(cfg.model), _given(raw, cfg)
+    vpc = int(statistics.median(counts)) if counts else 0
+    weights = "--init" if cfg.init else ("pretrained weights" if cfg.pretrained and spec.weights_url else None)
+    chose = {}
+    if cfg.recipe == "auto" and weights:
+        if vpc < 20: chose.update(train_clips=8 if vpc < 5 else 4, head_dropout=0.5)
+        if vpc < 10 and spec.arch == "transformer":
+            if cfg.layer_decay is None: chose["layer_decay"] = 0.75
+        elif vpc < 10 and len(spec.blocks) > 1: chose.update(freeze="all_but_last_k", freeze_k=1)
+    used = {k: v for k, v in chose.items() if k not in given}
+    for k, v in used.items(): setattr(cfg, k, v)
+    _fill(cfg)
+    if not chose: return ""
+    kept = sorted(set(chose) - set(used))
+    what = ", ".join(f"{k} {v}" for k, v in used.items()) or "nothing"
+    return (f"recipe auto: {vpc} training videos per class (median), from {weights}: {what}"
+            + (f"; kept what you set: {', '.join(f'{k} {getattr(cfg, k)}' for k in kept)}" if kept else "")
+            + " (--recipe none for plain defaults)")
+
+def keep_recipe(cfg:TrainConfig, raw, saved:dict):
+    "A resumed run: the recipe fields the user left unset take the values the run started with (`saved`: its config)."
+    for k in RECIPE_FIELDS:
+        if k not in _given(raw, cfg): setattr(cfg, k, saved.get(k, LEGACY.get(k, getattr(cfg, k))))
+    _fill(cfg)

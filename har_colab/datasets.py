@@ -270,6 +270,9 @@ class ProbeResult:
     def bad(self) -> dict:
         "path -> why it does not decode."
         return {p: i["error"] for p, i in self.info.items() if "error" in i}
+    def sizes(self) -> dict:
+        "{path: (height, width)} of the videos that decode (what `ClipDataset(video_sizes=)` takes)."
+        return {p: (i["height"], i["width"]) for p, i in self.info.items() if i.get("width") and i.get("height")}
     def keep(self, samples:Samples) -> Samples:
         "`samples` without the unreadable videos."
         bad = self.bad

@@ -24,19 +24,19 @@ from .datasets import Samples
 from .clips import ClipDataset
 from .models import LoadReport, count_parameters, create_model, get_spec, load_report
 from .events import Callback
-from .config import TrainConfig, check_batch_size, resolve_config
-from .build import build_model, build_samples, clip_dataset
+from .config import TrainConfig, apply_recipe, check_batch_size, resolve_config
+from .build import build_model, build_samples, clip_dataset, init_from
 from .plots import input_bound
 from .env import in_colab
 
 # %% auto #0
 __all__ = ['STATUSES', 'CAUSE_ORDER', 'SECTIONS', 'Finding', 'DoctorReport', 'check_class_counts', 'check_training_setup',
-           'file_fingerprint', 'check_leakage', 'check_labels', 'read_clips', 'check_decoding', 'motion_descriptor',
-           'knn_agreement', 'check_label_consistency', 'as_bcthw', 'check_layout', 'check_input_stats',
-           'check_temporal', 'save_clip_grid', 'check_parameters', 'check_pretrained', 'check_initial_loss',
-           'check_gradients', 'make_doctor_optimizer', 'LRRangeResult', 'lr_range_test', 'check_lr', 'plot_lr_range',
-           'overfit_batch', 'check_overfit', 'nan_advice', 'history_findings', 'input_finding', 'read_history',
-           'DoctorCallback', 'doctor']
+           'check_few_videos', 'file_fingerprint', 'check_leakage', 'check_labels', 'read_clips', 'check_decoding',
+           'motion_descriptor', 'knn_agreement', 'check_label_consistency', 'as_bcthw', 'check_layout',
+           'check_input_stats', 'check_temporal', 'save_clip_grid', 'check_parameters', 'check_pretrained',
+           'check_initial_loss', 'check_gradients', 'make_doctor_optimizer', 'LRRangeResult', 'lr_range_test',
+           'check_lr', 'plot_lr_range', 'overfit_batch', 'check_overfit', 'nan_advice', 'history_findings',
+           'input_finding', 'read_history', 'DoctorCallback', 'doctor']
 
 # %% ../nbs/60_doctor.ipynb #0df32a70
 STATUSES = ("pass", "warn", "fail")
@@ -128,6 +128,22 @@ def check_training_setup(cfg:TrainConfig, train:Samples) -> Finding:
         return Finding("training setup", "fail", msg.split(";")[0], msg.split("; ", 1)[-1] + " (train refuses this setup)", "data")
     return Finding("training setup", "pass", f"batch {cfg.batch_size} of {len(train)} training videos: "
                    f"{len(train) // cfg.batch_size} steps per epoch", section="data")
+
+def check_few_videos(cfg:TrainConfig, raw, counts:list, few:int=10, large_m:float=20.0) -> Finding:
+    """Videos per class against what the recipe chose (`config.apply_recipe`, `raw`: the config as given); a warning when
+    a large pretrained model is fine-tuned end to end on fewer than `few` videos per class (what the recipe avoids)."""
+    import dataclasses, statistics
+    trial = dataclasses.replace(cfg)
+    line, spec = apply_recipe(trial, raw, counts), get_spec(cfg.model)
+    vpc = int(statistics.median(counts)) if counts else 0
+    ev = f"{vpc} training videos per class (median, fewest {min(counts) if counts else 0}); " + (line or f"recipe {cfg.recipe}: nothing chosen")
+    weights = cfg.init or (cfg.pretrained and spec.weights_url)
+    end_to_end = trial.freeze == "none" and not trial.layer_decay
+    if weights and vpc < few and (spec.params_m or 0) >= large_m and end_to_end:
+        return Finding("few videos per class", "warn", ev + f"; {spec.name} ({spec.params_m:.0f} M parameters) trains end to end",
+                       "with this few videos a large model memorises the training clips: leave freeze and the recipe to "
+                       "choose (drop --freeze none / --recipe none), or --freeze all_but_last_k", "data")
+    return Finding("few videos per class", "pass", ev, section="data")
 
 # %% ../nbs/60_doctor.ipynb #40ff04a7
 def file_fingerprint(path, chunk:int=1 << 20) -> str:
@@ -637,8 +653,11 @@ def doctor(config:TrainConfig, run_dir=None, checks=None, *, samples_override=No
     spec = get_spec(cfg.model)
     train, val = samples_override if samples_override is not None else build_samples(cfg)
     C = len(train.class_names)
+    recipe = apply_recipe(cfg, config, train.counts())       # what fit would choose for these videos
+    if recipe: say(recipe)
 
-    model = model_override if model_override is not None else build_model(cfg, C)
+    model = model_override if model_override is not None else build_model(cfg, C, pretrained=cfg.pretrained and not cfg.init)
+    if model_override is None and cfg.init: model.har_load_report = init_from(model, cfg, cfg.init)
     model = model.to(device)
     loaded = getattr(model, "har_load_report", None)    # set by create_model when pretrained weights were loaded
     head = _head(model, spec); head_size = getattr(head, "out_features", None)
@@ -647,6 +666,7 @@ def doctor(config:TrainConfig, run_dir=None, checks=None, *, samples_override=No
         say("doctor: data")
         findings.append(check_class_counts(train, val, format=cfg.format))
         findings.append(check_training_setup(cfg, train))
+        findings.append(check_few_videos(cfg, config, train.counts()))
         findings.append(check_labels(train, val, head_size))
         both = Samples(list(train.paths) + list(val.paths), list(train.labels) + list(val.labels), list(train.class_names))
         clips, errors = read_clips(both, spec, cfg.frames, cfg.backend, max_videos, cfg.seed)

@@ -18,6 +18,7 @@ from pathlib import Path
 from typing import Callable
 
 import torch
+import torch.nn.functional as F
 from torch import nn
 
 from .core import ConfigError, ShapeError
@@ -27,8 +28,8 @@ from .env import in_colab
 __all__ = ['MODELS', 'FREEZE_MODES', 'ACT_MB', 'ModelSpec', 'register', 'list_models', 'get_spec', 'missing_extra',
            'check_available', 'Tiny3D', 'pytorchvideo_transforms_compat', 'pack_pathways', 'SlowFast', 'get_head',
            'head_classes', 'set_head', 'model_blocks', 'freeze_layers', 'count_parameters', 'enable_grad_checkpointing',
-           'set_drop_path', 'lr_scales', 'weights_cache_dir', 'load_pretrained', 'LoadReport', 'load_report',
-           'create_model', 'check_input', 't4_micro_batch', 'models_table', 'count_macs', 'count_gflops',
+           'set_drop_path', 'set_head_dropout', 'lr_scales', 'weights_cache_dir', 'load_pretrained', 'LoadReport',
+           'load_report', 'create_model', 'check_input', 't4_micro_batch', 'models_table', 'count_macs', 'count_gflops',
            'inspect_model']
 
 # %% ../nbs/20_models.ipynb #4e7c69fb
@@ -354,6 +355,13 @@ def set_drop_path(model:nn.Module, spec:ModelSpec, rate:float) -> nn.Module:
     model.har_drop_path = rate
     return model
 
+def set_head_dropout(model:nn.Module, spec:ModelSpec, p:float) -> nn.Module:
+    "Dropout with probability `p` on the input of the classifier head in training (a hook: the state dict keeps its names)."
+    if not 0 <= p < 1: raise ConfigError(f"head_dropout={p}; use 0 <= head_dropout < 1")
+    if p: get_head(model, spec).register_forward_pre_hook(lambda m, args: (F.dropout(args[0], p, m.training), *args[1:]))
+    model.har_head_dropout = p
+    return model
+
 def lr_scales(model:nn.Module, spec:ModelSpec, layer_decay:float|None) -> dict:
     "{parameter name: learning-rate factor} under layer-wise decay (all 1 when `layer_decay` is None or 1)."
     names = [n for n, _ in model.named_parameters()]
@@ -427,6 +435,7 @@ class LoadReport:
     new: list = field(default_factory=list)            # model tensors a checkpoint cannot have (a new head) or omits by design
     ignored: list = field(default_factory=list)        # file tensors the model leaves out on purpose
     advice: str = ""                                   # the fix when something did not load, from the loader that knows why
+    kind: str = "pretrained weights"                   # what was loaded (`--init` says "init from")
     @property
     def faults(self) -> int:
         return len(self.zeroed) + len(self.differ) + len(self.wrong_shape) + len(self.missing) + len(self.unexpected)
@@ -435,7 +444,7 @@ class LoadReport:
     def summary(self) -> str:
         "One line: how many tensors loaded and, by kind, how many did not (the first names of each)."
         def few(xs): return ", ".join(xs[:2]) + (f" and {len(xs) - 2} more" if len(xs) > 2 else "")
-        head = f"pretrained weights {self.source}: "
+        head = f"{self.kind} {self.source}: "
         extra = f" ({len(self.new)} new: {few(self.new)})" if self.new else ""
         if self.ok: return head + f"all {self.loaded} tensors loaded" + extra
         parts = [f"{len(xs)} {what} ({few(xs)})" for xs, what in (

@@ -28,15 +28,15 @@ from .models import check_input, count_parameters, enable_grad_checkpointing, ge
 from .checkpoint import FORMAT_VERSION, RunFolder, find_checkpoint, get_rng_state, set_rng_state
 from .config import MAY_CHANGE_ON_RESUME, TrainConfig, check_batch_size, config_diff, resolve_config
 from .build import (RunStart, build_cache, build_model, build_samples, clip_dataset, load_run, open_run,
-                             samples_from_saved)
+                             init_from, run_video_sizes, samples_from_saved)
 from .distributed import (all_reduce_sum, barrier, broadcast_buffers, init_distributed, is_distributed, is_main, rank,
                                    shard, stop_requests, worker_ignore_signals, world_size, wrap_model)
 from .callbacks import PlotCallback, default_callbacks
 
 # %% auto #0
 __all__ = ['EpochBatchSampler', 'lr_factor', 'make_optimizer', 'amp_setup', 'to_cpu', 'torch_rng_state', 'set_torch_rng_state',
-           'uses_channels_last', 'batch_to_device', 'ignore_stop_signals', 'evaluate', 'Trainer', 'EvalResult',
-           'evaluate_run', 'evaluated', 'final_evaluation', 'FitResult', 'preflight', 'fit']
+           'uses_channels_last', 'batch_to_device', 'mix_batch', 'ignore_stop_signals', 'evaluate', 'Trainer',
+           'EvalResult', 'evaluate_run', 'evaluated', 'final_evaluation', 'FitResult', 'preflight', 'fit']
 
 # %% ../nbs/40_train.ipynb #982498a6
 class EpochBatchSampler:
@@ -109,6 +109,24 @@ def batch_to_device(x:torch.Tensor, device, transform, channels_last:bool=False)
     return x.contiguous(memory_format=torch.channels_last_3d) if channels_last else x
 
 # %% ../nbs/40_train.ipynb #a9b88390
+def mix_batch(x:torch.Tensor, mixup:float, cutmix:float, *seed) -> tuple:
+    """(mixed batch, permutation, lam) of a `B,C,T,H,W` batch: mixup (`lam*x + (1-lam)*x[perm]`) or cutmix (a box of
+    `x[perm]` over every frame, `lam` = the area kept), one of them at random when both are on; lam ~ Beta(a, a);
+    everything drawn from `seed`. The loss is `lam*CE(y) + (1-lam)*CE(y[perm])`."""
+    import numpy as np
+    rng = np.random.default_rng(derive_seed(*seed, "mix"))
+    cut = cutmix > 0 and (mixup <= 0 or rng.random() < 0.5)
+    a = cutmix if cut else mixup
+    lam = float(rng.beta(a, a))
+    perm = torch.from_numpy(rng.permutation(len(x))).to(x.device)
+    if not cut: return x.mul(lam).add_(x[perm], alpha=1 - lam), perm, lam
+    H, W = x.shape[-2:]
+    r, cy, cx = math.sqrt(1 - lam), int(rng.integers(H)), int(rng.integers(W))
+    y0, y1 = max(cy - int(H * r) // 2, 0), min(cy + int(H * r) // 2, H)
+    x0, x1 = max(cx - int(W * r) // 2, 0), min(cx + int(W * r) // 2, W)
+    out = x.clone(); out[..., y0:y1, x0:x1] = x[perm][..., y0:y1, x0:x1]
+    return out, perm, 1 - (y1 - y0) * (x1 - x0) / (H * W)
+
 def ignore_stop_signals(worker_id:int=0):
     "DataLoader workers leave Ctrl-C to the main process, which stops cleanly at a step boundary and shuts them down."
     signal.signal(signal.SIGINT, signal.SIG_IGN)
@@ -391,11 +409,15 @@ class Trainer:
         correct, count = torch.zeros((), dtype=torch.long, device=self.device), 0
         for i, (x, y) in enumerate(micro_batches):
             x, y = self._to_device(x), y.to(self.device, non_blocking=True)
+            lam = None
+            if self.cfg.mixup or self.cfg.cutmix:            # drawn from (seed, process, step, micro-batch): exact on resume
+                x, perm, lam = mix_batch(x, self.cfg.mixup, self.cfg.cutmix, self.cfg.seed, rank(), self.global_step, i)
             last = i == len(micro_batches) - 1       # DDP averages gradients over processes after the last micro-batch
             with (self.net.no_sync() if self.net is not self.model and not last else contextlib.nullcontext()):
                 with self._autocast():
                     out = self._forward(x, self.global_step + 1)
-                    loss = self.loss_fn(out.float(), y)
+                    loss = self.loss_fn(out.float(), y) if lam is None else \
+                        lam * self.loss_fn(out.float(), y) + (1 - lam) * self.loss_fn(out.float(), y[perm])
                 self.scaler.scale(loss / len(micro_batches)).backward()
             loss_sum += loss.detach().float() * len(y); correct += (out.detach().argmax(1) == y).sum(); count += len(y)
             del out, loss
@@ -508,7 +530,7 @@ def evaluate_run(run_dir, checkpoint:str="best", clips:int|None=None, data=None,
     if batch_size is not None and batch_size < 1: raise ConfigError(f"batch_size={batch_size}; use 1 or more clips")
     model = saved.model(dev)
     K = clips or cfg.eval_clips
-    ds = clip_dataset(cfg, saved.val, train=False, clips_per_video=K)
+    ds = clip_dataset(cfg, saved.val, train=False, clips_per_video=K, video_sizes=run_video_sizes(run_dir, cfg.data, saved.val))
     cl, dt = uses_channels_last(cfg, dev), amp_dtype(dev, cfg.amp)   # the trainer's GPU path: channels_last, autocast, pinned
     if cl: model = model.to(memory_format=torch.channels_last_3d)
     loader = torch.utils.data.DataLoader(ds, batch_size=batch_size or max(1, cfg.batch_size // cfg.accumulate),
@@ -577,7 +599,7 @@ def fit(config:TrainConfig, callbacks=None, echo=print,
     cfg = resolve_config(config)
     device = resolve_device(init_distributed(cfg.device))   # under torchrun: join the job, one GPU per process
     if not is_main(): echo = lambda *a, **k: None          # only process 0 writes the run folder and prints
-    start = open_run(cfg, echo)                             # the run folder, locked; nothing written yet
+    start = open_run(cfg, echo, raw=config)                 # the run folder, locked, the recipe's choices; nothing written yet
     try:
         with device_settings(device, cfg.deterministic):
             res = _fit_run(cfg, start, device, callbacks, echo, cli)
@@ -591,15 +613,18 @@ def _fit_run(cfg:TrainConfig, start:RunStart, device, callbacks, echo, cli:bool=
     run, state, path, train_s, val_s = start.run, start.state, start.path, start.train, start.val
     samples = {"train": train_s.to_dict(), "val": val_s.to_dict()}
     seed_everything(cfg.seed)
-    model = build_model(cfg, train_s.num_classes, pretrained=cfg.pretrained and state is None)
-    report = getattr(model, "har_load_report", None)
+    model = build_model(cfg, train_s.num_classes, pretrained=cfg.pretrained and state is None and not cfg.init)
+    report = init_from(model, cfg, cfg.init) if cfg.init and state is None else getattr(model, "har_load_report", None)
     if report is not None: run.log(str(report), echo)       # which pretrained tensors loaded, and what did not
     model.to(device)
     preflight(model, get_spec(cfg.model), cfg.frames, train_s.num_classes, device)
     # one cache for train and val, its size estimated and reported before it is built
     cache = build_cache(cfg, train_s.paths + val_s.paths, log=lambda m: run.log(m, echo))
-    train_ds = clip_dataset(cfg, train_s, train=True, run_dir=run.root, cache=cache)
-    val_ds = clip_dataset(cfg, val_s, train=False, clips_per_video=cfg.val_clips, run_dir=run.root, cache=cache)
+    # the sizes the probing pass found (a resumed run: in probe.json) let every backend decode at the model's size
+    sizes = start.probe.sizes() if start.probe is not None else \
+        {**run_video_sizes(run.root, cfg.data, train_s), **run_video_sizes(run.root, cfg.data, val_s)}
+    train_ds = clip_dataset(cfg, train_s, train=True, run_dir=run.root, cache=cache, video_sizes=sizes)
+    val_ds = clip_dataset(cfg, val_s, train=False, clips_per_video=cfg.val_clips, run_dir=run.root, cache=cache, video_sizes=sizes)
     cbs = default_callbacks(cfg) if callbacks is None else list(callbacks)
     trainer = Trainer(cfg, model, train_ds, val_ds, run, cbs, samples, device, echo)
     try: return _train(cfg, start, trainer, cli)

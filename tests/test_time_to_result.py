@@ -104,3 +104,30 @@ def test_a_video_that_breaks_mid_run_under_strict_is_one_line(tmp_path):
     assert "Traceback" not in err and "Caught" not in err and len(err.strip().splitlines()) == 1, err[-2000:]
     assert "empty file (0 bytes)" in err and "strict" in err
     assert (run / "checkpoints" / "epoch_001.pt").exists()       # what was saved stays
+
+
+def test_resume_is_exact_when_the_decoder_resizes_at_the_probed_size(tmp_path):
+    "320x240 videos for tiny3d (short side 64): decord decodes at the model's size with the probed sizes, also on resume."
+    import torch
+    from har_colab.build import run_video_sizes
+    from har_colab.datasets import load_samples
+    from har_colab.models import get_spec
+    from har_colab.clips import ClipDataset
+    from har_colab.synthetic import make_synthetic_dataset
+    data = make_synthetic_dataset(tmp_path / "data", classes=4, videos_per_class=5, frames=24, size=(320, 240))
+    args = lambda run: ("train", "--run-dir", run, "--data", data, *TRAIN, "--batch-size", "4", "--epochs", "2",
+                        "--save-every-minutes", "0", "--backend", "decord")
+    ref, killed = tmp_path / "ref", tmp_path / "killed"
+    assert run_cli(*args(ref)).returncode == 0
+    r = run_cli(*args(killed), env={"HAR_COLAB_KILL_AT_STEP": "3"})
+    assert r.returncode == -9, r.stderr[-2000:]
+    r = run_cli(*args(killed))
+    assert r.returncode == 0 and "resumed from" in r.stdout, r.stderr[-2000:]
+    w = lambda run: torch.load(run / "checkpoints" / "last.pt", weights_only=True)["model"]
+    assert all(torch.equal(a, b) for a, b in zip(w(ref).values(), w(killed).values()))
+    assert _rows(ref)[-1]["val_loss"] == _rows(killed)[-1]["val_loss"]
+    samples = load_samples("folder", data)
+    sizes = run_video_sizes(killed, data, samples)
+    assert set(sizes.values()) == {(240, 320)} and len(sizes) == len(samples)
+    ds = ClipDataset(samples, get_spec("tiny3d"), train=False, backend="decord", video_sizes=sizes)
+    with ds._open(samples.paths[0]) as v: assert v.resized_by == "decoder"      # the run's path, not a full-size decode
