@@ -79,15 +79,19 @@ def all_reduce_sum(values):
     dist.all_reduce(t)
     return [type(v)(s) for v, s in zip(values, t.tolist())]
 
-def stop_requests(reason:str|None) -> str|None:
-    "At a step boundary: the reason of the first process that asked to stop, or None; the same answer in every process."
+def stop_requests(reason:str|None, flags=None) -> str|None:
+    """At a step boundary: the reason of the first process that asked to stop, or None; the same answer in every process.
+    `flags`: which processes had asked, summed over them already (the trainer folds them into its step's all-reduce);
+    without it, one small all-reduce here."""
     if not is_distributed(): return reason
-    flags = torch.zeros(world_size(), dtype=torch.float64); flags[rank()] = reason is not None
-    flags = all_reduce_sum(flags)
-    if not flags.any(): return None                   # the common case: one small all-reduce per step
+    if flags is None:
+        flags = torch.zeros(world_size(), dtype=torch.float64); flags[rank()] = reason is not None
+        flags = all_reduce_sum(flags)
+    flags = torch.as_tensor(flags, dtype=torch.float64)
+    if not flags.any(): return None                   # the common case: nothing more to send
     reasons = [None] * world_size()
     dist.all_gather_object(reasons, reason)
-    r = next(i for i, x in enumerate(reasons) if x is not None)
+    r = int(flags.nonzero()[0])                       # the flags, not the reasons: the same answer everywhere
     return reasons[r] if r == rank() else f"{reasons[r]} (process {r})"
 
 def from_main(obj):

@@ -367,9 +367,13 @@ class Trainer:
         if self.stop_reason is None: self.stop_reason = reason
     def _check_stop(self):
         if self.stop_reason: raise StopTraining(self.stop_reason)
-    def _stop_point(self):
-        "A step boundary: under DDP all processes learn whether any asked to stop, and stop at this same step."
-        if is_distributed(): self.stop_reason = stop_requests(self.stop_reason)
+    def _stop_point(self, asked=None):
+        """A step boundary: under DDP all processes learn whether any asked to stop, and stop at this same step. `asked`:
+        the flags the step's all-reduce carried; a request made after it (in `after_step`) goes with the next step's."""
+        if is_distributed():
+            agreed = stop_requests(self.stop_reason, asked)
+            if agreed is None: return                     # nobody had asked: go on (this process's own request stays)
+            self.stop_reason = agreed
         self._check_stop()
     @property
     def lr(self) -> float: return self.opt.param_groups[0]["lr"]
@@ -428,7 +432,8 @@ class Trainer:
         self.opt.zero_grad(set_to_none=True)
         self.sched.step()
         loss_sum, correct = torch.stack([loss_sum, correct.to(loss_sum.dtype)]).tolist()   # the step's one host sync
-        loss_sum, correct, count = all_reduce_sum([loss_sum, round(correct), count])   # the global batch's numbers
+        asks = [0.0] * world_size(); asks[rank()] = float(self.stop_reason is not None)   # who wants to stop, in the same all-reduce
+        loss_sum, correct, count, *self._asked = all_reduce_sum([loss_sum, round(correct), count, *asks])   # the global batch's numbers
         self.last_loss = loss_sum / count
         for k, v in (("loss", loss_sum), ("correct", correct), ("count", count)): self.running[k] += v
 
@@ -499,7 +504,7 @@ class Trainer:
             self.running["seconds"] += time.time() - t0; t0 = time.time()
             if fault_at("HAR_COLAB_KILL_AT_STEP", self.global_step): kill_self(os.environ.get("HAR_COLAB_KILL_SIGNAL", "SIGKILL"))
             self.event("after_step")
-            self._stop_point()
+            self._stop_point(self._asked)
             self._step_rng = torch_rng_state()
 
 # %% ../nbs/40_train.ipynb #834d4979

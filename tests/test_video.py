@@ -117,8 +117,9 @@ def test_over_reported_frame_count_clamps(tmp_path, backend):
         assert v.clamped and 0 < v.info.frames < header
         assert x.shape[0] == 3 and torch.equal(x[0], x[2])
         again = v.read([v.info.frames - 1])[0]
-        if backend == "decord":   # decord decodes ahead in a thread: at a damaged tail a lone re-read can land one frame off
-            assert (x[0].float() - again.float()).abs().mean() < 8      # a neighbouring frame, never another scene
+        if backend == "decord":   # decord decodes ahead in a thread: at a damaged tail a lone re-read can land a few frames off
+            near, far = ((x[0].float() - y.float()).abs().mean() for y in (again, x[1]))   # x[1]: frame 0, another scene
+            assert near < 0.25 * far, (near, far)   # bikes: 1-3 frames off = 4-8.5 levels, frame 0 = 57: never another scene
         else: assert torch.equal(x[0], again)
         with pytest.raises(DataError, match="out of range"): v.read([header])
 
