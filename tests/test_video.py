@@ -196,24 +196,42 @@ def test_clip_dataset_skips_bad_videos_with_workers(dataset_with_bad_files):
     assert torch.equal(ds[bad, 1][0], ds[bad + 1, 1][0])  # a bad video's item is the next good one's
 
 
-def test_backend_fallback_is_reported_once_per_run(tmp_path, monkeypatch):
-    "A chosen backend that fails on every video (PyAV 19 did on an older har_colab): one line, one warning, all workers."
-    import har_colab.video as video
-    class Broken(video.PyAVVideo):
-        def _open(self): raise DataError(f"cannot decode {self.path}: open() got an unexpected keyword argument")
-    monkeypatch.setitem(video.BACKENDS, "pyav", Broken)             # DataLoader workers fork with it
-    warned = tmp_path/"warned.txt"                                  # warnings of every worker process, one per line
-    monkeypatch.setattr("har_colab.clips.warnings", types.SimpleNamespace(warn=lambda m, *a, **k: open(warned, "a").write(m + "\n")))
-    root = make_synthetic_dataset(tmp_path/"motion", classes=2, videos_per_class=6, frames=16)
-    paths = sorted(str(p) for p in root.rglob("*.mp4"))
-    samples, run = Samples(paths, [int("/left/" in p) for p in paths], ["right", "left"]), tmp_path/"run"
-    for session in range(2):                                        # a resumed session adds no line either
-        ds = ClipDataset(samples, SPEC, train=True, backend="pyav", run_dir=run)
-        dl = torch.utils.data.DataLoader(ds, batch_size=3, num_workers=2)
-        assert sum(len(y) for _, y in dl) == len(paths)                 # every video decoded, by decord
-    log = (run/"events.log").read_text()
+_FALLBACK_SCRIPT = r"""
+import sys, types
+from pathlib import Path
+import torch
+import har_colab.video as video
+import har_colab.clips
+from har_colab.clips import ClipDataset
+from har_colab.core import DataError
+from har_colab.datasets import Samples
+from har_colab.synthetic import make_synthetic_dataset
+tmp = Path(sys.argv[1])
+class Broken(video.PyAVVideo):
+    def _open(self): raise DataError(f"cannot decode {self.path}: open() got an unexpected keyword argument")
+video.BACKENDS["pyav"] = Broken                                  # DataLoader workers fork with it
+warned = tmp/"warned.txt"                                        # warnings of every worker process, one per line
+har_colab.clips.warnings = types.SimpleNamespace(warn=lambda m, *a, **k: open(warned, "a").write(m + "\n"))
+root = make_synthetic_dataset(tmp/"motion", classes=2, videos_per_class=6, frames=16)
+paths = sorted(str(p) for p in root.rglob("*.mp4"))
+samples = Samples(paths, [int("/left/" in p) for p in paths], ["right", "left"])
+spec = types.SimpleNamespace(frames=8, stride=2, resize=64, crop=56, mean=(0.43, 0.39, 0.38), std=(0.23, 0.22, 0.22))
+for session in range(2):                                         # a resumed session adds no line either
+    ds = ClipDataset(samples, spec, train=True, backend="pyav", run_dir=tmp/"run")
+    dl = torch.utils.data.DataLoader(ds, batch_size=3, num_workers=2, timeout=120)
+    assert sum(len(y) for _, y in dl) == len(paths)              # every video decoded, by decord
+"""
+
+
+def test_backend_fallback_is_reported_once_per_run(tmp_path):
+    """A chosen backend that fails on every video (PyAV 19 did on an older har_colab): one line, one warning, all workers.
+    In a fresh interpreter: DataLoader workers fork from it, not from a pytest process other tests left threads in."""
+    import subprocess, sys
+    r = subprocess.run([sys.executable, "-c", _FALLBACK_SCRIPT, str(tmp_path)], capture_output=True, text=True, timeout=500)
+    assert r.returncode == 0, r.stderr[-3000:]
+    log = (tmp_path/"run"/"events.log").read_text()
     assert log.count("video backend fallback pyav -> decord:") == 1 and "skipped bad video" not in log, log
-    assert warned.read_text().count("video backend fallback") == 1    # one warning in all workers and sessions
+    assert (tmp_path/"warned.txt").read_text().count("video backend fallback") == 1    # one warning in all workers and sessions
 
 
 def test_clip_dataset_warns_without_run_dir(dataset_with_bad_files):
