@@ -6,8 +6,9 @@
 Sections: the device and the autocast type `amp=auto` picks; one training step of r3d_18 / x3d_s / mvit_v2_s in fp16,
 bf16 (where native) and fp32 (s/step, clips/s); peak memory at micro-batch 1, 4, 8; the out-of-memory fallback on a
 deliberately too-large batch (on the CPU it is injected: HAR_COLAB_OOM_ABOVE); a short real run killed with SIGKILL and
-resumed (same samples, weights compared with an uninterrupted run); and the input pipeline on 2 CPU cores (Colab's
-count) against the GPU's training rate, which says whether input or the GPU bounds an epoch.
+resumed (same samples, weights compared with an uninterrupted run); the input pipeline on 2 CPU cores (Colab's
+count) against the GPU's training rate, which says whether input or the GPU bounds an epoch; and `--decode-device cuda`
+(torchcodec's NVDEC decoder against its CPU decoder, pixels compared, a 1-epoch run), on the CPU its one-line refusal.
 """
 import argparse
 import csv
@@ -165,6 +166,59 @@ print(n / (time.perf_counter() - t0))
     return float(r.stdout.strip().splitlines()[-1]) if r.returncode == 0 else None
 
 
+def decode_rate(data, device, seconds_cap, cores=(0, 1)):
+    "(clips/s, mean |diff| of its pixels vs CPU decoding or None, videos torchcodec sent to the CPU) of a training ClipDataset read in one process pinned to 2 cores."
+    code = f"""
+import os, time, torch, warnings
+os.sched_setaffinity(0, {set(cores)!r} & os.sched_getaffinity(0) or os.sched_getaffinity(0))
+warnings.simplefilter("ignore")
+from har_colab.clips import ClipDataset
+from har_colab.datasets import load_samples
+from har_colab.models import get_spec
+s, spec = load_samples("folder", {str(data)!r}), get_spec("r3d_18")
+ds = ClipDataset(s, spec, train=True, backend="torchcodec", normalize=False, decode_device={device!r})
+ref = ClipDataset(s, spec, train=False, backend="torchcodec", normalize=False)
+ev = ClipDataset(s, spec, train=False, backend="torchcodec", normalize=False, decode_device={device!r})
+diff = sum(float((ev[i][0].cpu().int() - ref[i][0].int()).abs().float().mean()) for i in range(4)) / 4
+n, t0 = 0, time.perf_counter()
+for i in range(10**6):
+    x, _ = ds[i % len(ds), i // len(ds)]
+    n += 1
+    if time.perf_counter() - t0 > {seconds_cap}: break
+if x.is_cuda: torch.cuda.synchronize()
+print(n / (time.perf_counter() - t0), diff, int(getattr(ds, "_cpu_decode_noted", False)))
+"""
+    r = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=600)
+    if r.returncode: return None, (r.stderr.strip().splitlines() or ["no output"])[-1], None
+    rate, diff, fell = r.stdout.strip().splitlines()[-1].split()
+    return float(rate), float(diff), int(fell)
+
+
+def decode_section(dev, data, tmp, seconds_cap):
+    "--decode-device cuda: clips/s of GPU against CPU decoding (torchcodec, one process, 2 cores) and their pixels; on the CPU, its refusal."
+    if dev.type != "cuda":
+        r = har(*train_args(tmp / "nvdec", data, "tiny3d", dev, "--epochs", "1", "--decode-device", "cuda"))
+        line = (r.stderr.strip().splitlines() or [""])[-1]
+        ok = r.returncode == 2 and "--decode-device" in line and not (tmp / "nvdec" / "config.json").exists()
+        return [f"- no GPU: `--decode-device cuda` {'refused as it should' if ok else 'NOT REFUSED AS IT SHOULD'} "
+                f"(exit {r.returncode}): {line}"], ok
+    cpu, _, _ = decode_rate(data, None, seconds_cap)
+    gpu, diff, fell = decode_rate(data, str(dev), seconds_cap)
+    if gpu is None: return [f"- torchcodec on {dev}: FAILED: {diff}"], False
+    lines = [f"- torchcodec, 320x240 H.264 -> r3d_18 training clips (16 x 112 x 112), one process on 2 cores: CPU "
+             f"{cpu:.1f} clips/s, {dev} (NVDEC) {gpu:.1f} clips/s ({gpu / cpu:.2f}x)" if cpu else f"- GPU decoding {gpu:.1f} clips/s",
+             f"- pixels: mean |diff| {diff:.2f} levels between GPU- and CPU-decoded evaluation clips; "
+             f"{'some videos fell back to the CPU' if fell else 'no CPU fallback'}"]
+    r = har(*train_args(tmp / "nvdec", data, "r3d_18", dev, "--epochs", "1", "--decode-device", "cuda", "--batch-size", "8"))
+    wait = ""
+    if r.returncode == 0:
+        row = list(csv.DictReader(open(tmp / "nvdec" / "metrics.csv")))[-1]
+        wait = f", input-bound {100 * float(row['data_wait_seconds']) / float(row['epoch_seconds']):.0f}%"
+    lines.append(f"- `train --decode-device cuda` (r3d_18, 1 epoch): exit {r.returncode}{wait}"
+                 + ("" if r.returncode == 0 else f": {(r.stderr.strip().splitlines() or [''])[-1]}"))
+    return lines, r.returncode == 0
+
+
 def main():
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
@@ -202,6 +256,8 @@ def main():
         if gpu_rate: md.append(f"- r3d_18 training at micro-batch 8 on the GPU: {gpu_rate:.1f} clips/s: an epoch is "
                                f"{'input-bound' if rate and rate < gpu_rate else 'GPU-bound'} on 2 cores")
         ok &= rate is not None
+        lines, good = decode_section(dev, big, tmp, 5 if quick else 20)
+        md += ["", "### Decoding on the GPU (`--decode-device cuda`)", ""] + lines; ok &= good
     md += ["", f"{'all checks passed' if ok else 'SOME CHECKS FAILED'} in {time.time() - t0:.0f} s"]
     text = "\n".join(md) + "\n"
     print(text)

@@ -21,6 +21,7 @@ ROOT = HERE.parent
 # name -> (script args, quick args, results file, what it measures)
 BENCHES = {
     "input": (["bench_input.py", "--quick"], [], "results_input.md", "input pipeline: clips/s per decoder vs decode only and pytorchvideo"),
+    "profile_stages": (["profile_stages.py"], [], "results_profile_stages.md", "where a clip's input time goes, stage by stage, and what 2 workers add"),
     "cache": (["bench_cache.py"], ["--quick"], "results_cache.md", "decoded-clip cache: first epoch vs later epochs vs no cache"),
     "loop": (["bench_loop.py"], [], "results_loop.md", "training loop overhead: Trainer vs a bare PyTorch loop"),
     "checkpoint": (["bench_checkpoint.py", "--reps", "3"], [], "results_checkpoint.md", "checkpoint save time vs torch.save; time to the first resumed step"),

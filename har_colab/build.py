@@ -21,13 +21,14 @@ from .datasets import ProbeResult, Samples, _first_bad, load_samples, probe_vide
 from .cache import ClipCache
 from .env import in_colab
 from .clips import ClipDataset
+from .video import _reason, backend_available, open_video
 from .models import LoadReport, create_model, get_spec, load_report, set_head_dropout
 from .checkpoint import RunFolder, RunLock, fallback_folder, find_checkpoint, load_checkpoint
 from .config import TrainConfig, apply_recipe, config_diff, config_from_dict, keep_recipe
 
 # %% auto #0
 __all__ = ['build_samples', 'samples_from_saved', 'build_model', 'init_state', 'init_from', 'build_cache', 'clip_dataset',
-           'SavedRun', 'checkpoint_path', 'load_run', 'RunStart', 'open_run', 'run_video_sizes']
+           'gpu_decode_device', 'SavedRun', 'checkpoint_path', 'load_run', 'RunStart', 'open_run', 'run_video_sizes']
 
 # %% ../nbs/35_build.ipynb #67fa4bc0
 def build_samples(cfg:TrainConfig) -> tuple:
@@ -119,6 +120,9 @@ def build_cache(cfg:TrainConfig, paths, log=None,
     'auto' outside Colab or where the estimate does not fit (local disk and `cache_max_gb`)."""
     auto = cfg.cache == "auto"
     if cfg.cache == "none" or (auto and not (in_colab() if colab is None else colab)): return None
+    if cfg.decode_device == "cuda":                         # cache='local' with it is refused by `resolve_config`
+        if log is not None: log("clip cache off (cache=auto): the videos are decoded on the GPU (--decode-device cuda)")
+        return None
     cache = ClipCache(cfg.cache_dir, get_spec(cfg.model).resize, cfg.cache_max_gb, cfg.backend)
     plan = cache.plan(list(paths), echo=None)
     if auto and plan["cached"] < plan["videos"]:
@@ -133,14 +137,40 @@ def clip_dataset(cfg:TrainConfig, samples:Samples, train:bool,
                  run_dir=None,                    # run folder whose events.log records skipped videos
                  cache:ClipCache|None=None,       # from `build_cache`
                  normalize:bool=False,            # False: uint8 items, normalised per batch on the device
-                 video_sizes:dict|None=None) -> ClipDataset:  # {path: (h, w)} from the probing pass (`run_video_sizes`)
+                 video_sizes:dict|None=None,  # {path: (h, w)} from the probing pass (`run_video_sizes`)
+                 decode_device=None) -> ClipDataset:  # the GPU from `gpu_decode_device` (None: decode on the CPU)
     "The training (random clips) or evaluation (uniform clips) `ClipDataset` of `cfg` over `samples`."
     kw = dict(backend=cfg.backend, seed=cfg.seed, frames=cfg.frames, shuffle_frames=cfg.shuffle_frames, strict=cfg.strict,
-              run_dir=None if run_dir is None else str(run_dir), cache=cache, normalize=normalize, video_sizes=video_sizes)
+              run_dir=None if run_dir is None else str(run_dir), cache=cache, normalize=normalize, video_sizes=video_sizes,
+              decode_device=decode_device)
     spec = get_spec(cfg.model)
     if train: return ClipDataset(samples, spec, train=True, hflip=cfg.hflip, min_crop_area=cfg.min_crop_area,
                                  clips_per_video=cfg.train_clips or 1, **kw)
     return ClipDataset(samples, spec, train=False, clips_per_video=clips_per_video or cfg.eval_clips, **kw)
+
+def gpu_decode_device(cfg:TrainConfig, device, path=None) -> torch.device|None:
+    """The GPU that `cfg.decode_device='cuda'` decodes on: the training `device`, checked by decoding a frame of the video
+    at `path`; None where videos are decoded on the CPU. `ConfigError` naming the fix where the GPU decoder is missing."""
+    if cfg.decode_device != "cuda": return None
+    device, flag = torch.device(device), "decode_device='cuda' (--decode-device cuda)"
+    if device.type != "cuda":
+        why = (f"this run trains on {device}" if torch.cuda.is_available() else
+               "no CUDA GPU is visible (in Colab: Runtime > Change runtime type > GPU)")
+        raise ConfigError(f"{flag} decodes on the training GPU, and {why}; use --decode-device cpu")
+    if not backend_available("torchcodec"):
+        raise ConfigError(f"{flag} decodes with torchcodec, which is not installed or finds no FFmpeg: pip install "
+                          "torchcodec (and apt install ffmpeg), or use --decode-device cpu")
+    if path is None: return device
+    try:
+        with open_video(path, "torchcodec", size=False, device=device) as v: v.read([0])
+    except Exception as e:   # e.g. a CPU-only torchcodec: "Failed to get current CUDA device"
+        cu = f"cu{torch.version.cuda.replace('.', '')}" if torch.version.cuda else "cuXXX"
+        why = _reason(e).split(f"{path}: ", 1)[-1]
+        raise ConfigError(f"{flag}: torchcodec cannot decode on {device} here ({why}); install its CUDA build for "
+                          f"torch {torch.__version__.split('+')[0]} (pip install torchcodec --index-url "
+                          f"https://download.pytorch.org/whl/{cu}), or use --decode-device cpu") from None
+    return device
+
 
 # %% ../nbs/35_build.ipynb #c57818a9
 @dataclass
@@ -327,21 +357,24 @@ def _leave_out_unreadable(cfg:TrainConfig, probe:ProbeResult, train:Samples, val
     if not len(val): raise DataError(f"no validation video decodes ({_first_bad(bad)}); check the files, or the --backend")
     return train, val
 
-def run_video_sizes(run_dir, data, samples:Samples) -> dict:
-    """{path: (height, width)} of `samples` from the run's probe.json (empty for a run without one): the sizes the run
-    decoded at, so a resumed run and its evaluation read the same pixels (see `ClipDataset(video_sizes=)`)."""
+def _probe_key(path, root:Path) -> str:
+    "A video's key in probe.json: its path relative to the dataset `root` (resolved), else the path as given."
+    q = Path(path).expanduser().resolve()
+    return q.relative_to(root).as_posix() if q.is_relative_to(root) else str(path)
+
+def run_video_sizes(run_dir, data, *samples:Samples) -> dict:
+    """{path: (height, width)} of the videos of `samples` from the run's probe.json (empty for a run without one): the
+    sizes the run decoded at, so a resumed run and its evaluation read the same pixels (see `ClipDataset(video_sizes=)`)."""
     try: videos = json.loads((Path(run_dir)/"probe.json").read_text(encoding="utf-8"))["videos"]
     except (OSError, ValueError, KeyError, TypeError): return {}
     root, out = Path(data).expanduser().resolve(), {}
-    for p in samples.paths:
-        q = Path(p).expanduser().resolve()
-        info = videos.get(q.relative_to(root).as_posix() if q.is_relative_to(root) else p) or {}
+    for p in (p for s in samples for p in s.paths):
+        info = videos.get(_probe_key(p, root)) or {}
         if info.get("width") and info.get("height"): out[p] = (int(info["height"]), int(info["width"]))
     return out
 
 def _probe_json(probe:ProbeResult, cfg:TrainConfig) -> dict:
-    "RUN/probe.json: what the probing pass found per video (paths relative to the dataset root)."
+    "RUN/probe.json: what the probing pass found per video (keys relative to the dataset root, `_probe_key`)."
     root = Path(cfg.data).expanduser().resolve()
-    rel = lambda p: Path(p).relative_to(root).as_posix() if Path(p).is_relative_to(root) else p
     return {"backend": cfg.backend, "seconds": round(probe.seconds, 3), "unreadable": len(probe.bad),
-            "videos": {rel(p): info for p, info in probe.info.items()}}
+            "videos": {_probe_key(p, root): info for p, info in probe.info.items()}}

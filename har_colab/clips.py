@@ -14,7 +14,7 @@ from .cache import ClipCache
 from .core import DataError, derive_seed, log_event, torch_generator
 from .datasets import Samples
 from .transforms import VideoTransform
-from .video import BACKEND_ORDER, backend_available, open_video, resolve_backend
+from .video import open_video, other_backends, resolve_backend
 
 # %% auto #0
 __all__ = ['REFERENCE_FPS', 'effective_stride', 'clip_span', 'clip_indices', 'train_clip_indices', 'eval_clip_indices',
@@ -76,9 +76,13 @@ class ClipDataset(torch.utils.data.Dataset):
                  decoder_resize="auto",    # decode at `spec.resize` in the decoder: True where the backend can, "auto"
                                            #   where that is faster too (`VideoFile.auto_ratio`; see `open_video`);
                                            #   False: full-size decode, then the transform's resize (the old pixels)
-                 video_sizes=None):        # {path: (height, width)} of the videos, e.g. from a probing pass: lets
+                 video_sizes=None,         # {path: (height, width)} of the videos, e.g. from a probing pass: lets
                                            #   decord decode at the model's size too (it cannot learn the size for free)
+                 decode_device=None):      # "cuda[:N]": torchcodec decodes on that GPU (NVDEC) and the items are on
+                                           #   it; read them in the main process (DataLoader num_workers=0)
         self.samples, self.spec, self.train, self.normalize = samples, spec, train, normalize
+        self.decode_device = torch.device(decode_device or "cpu")
+        if self.on_gpu: backend = "torchcodec"    # the one backend with a GPU decoder
         self.decoder_resize = decoder_resize
         self.video_sizes = {str(p): tuple(s) for p, s in (video_sizes or {}).items()}
         self.backend = resolve_backend(backend)   # imports the decoder here, once, before DataLoader workers fork
@@ -89,6 +93,8 @@ class ClipDataset(torch.utils.data.Dataset):
         self.bad_videos = []          # paths skipped in this process
         self.fallbacks = []           # paths the chosen backend could not decode but another one could
         self._fallbacks_noted = set() # (chosen, other) backend pairs already reported by this process
+        if self.on_gpu and cache not in (None, "none"):
+            raise DataError(f"the clip cache holds CPU-decoded clips; decoding on {self.decode_device} needs cache='none'")
         if cache in (None, "none"): self.cache = None
         elif isinstance(cache, ClipCache): self.cache = cache
         elif cache == "local":
@@ -97,13 +103,18 @@ class ClipDataset(torch.utils.data.Dataset):
         else: raise DataError(f"cache={cache!r}; use 'none', 'local' or a ClipCache")
         if self.cache is not None and self.cache.resize != int(spec.resize):
             raise DataError(f"the cache stores short side {self.cache.resize}, the spec wants {spec.resize}")
+    @property
+    def on_gpu(self) -> bool:
+        "Whether videos are decoded on a GPU (items on it: no DataLoader workers, no pinned memory)."
+        return self.decode_device.type != "cpu"
     def _open(self, path, backend:str|None=None):
         "The video at `path`, from the cache when it has (or may build) it, else from the decoder."
         backend = backend or self.backend
         known = self.video_sizes.get(str(path))
         if self.cache is not None and self.cache.allows(path): return self.cache.open(path, backend, source_size=known)
         return open_video(path, backend, size=False, short_side=self.transform.resize, source_size=known,
-                          decoder_resize=self.decoder_resize)   # frames and fps are all a clip needs
+                          decoder_resize=self.decoder_resize,   # frames and fps are all a clip needs
+                          device=self.decode_device if backend == self.backend else "cpu")   # fallbacks: on the CPU
     def __len__(self): return len(self.samples) * self.clips_per_video
     def video_index(self, i:int) -> int: return i // self.clips_per_video
     def _read_video(self, v:int, k:int, epoch:int, span:tuple|None=None) -> tuple:
@@ -112,7 +123,7 @@ class ClipDataset(torch.utils.data.Dataset):
         try: return self._read_with(self.backend, path, v, k, epoch, span), label
         except DataError as first:
             # only now look at (and import) the other backends: a worker that never meets such a file never loads them
-            for backend in (b for b in BACKEND_ORDER if b != self.backend and backend_available(b)):
+            for backend in other_backends(self.backend):
                 try: x = self._read_with(backend, path, v, k, epoch, span)
                 except DataError: continue
                 self._note_fallback(path, backend, first)
@@ -128,6 +139,14 @@ class ClipDataset(torch.utils.data.Dataset):
         msg = (f"{marker} {self.backend} could not decode {path} ({error}); {backend} decoded it, and decodes every other "
                f"such video of this run without another line (backend={backend!r} / --backend {backend} skips the failing tries)")
         if self.run_dir is None or _log_once(self.run_dir, msg, marker): warnings.warn(msg)
+    def _note_cpu_decode(self, path:str):
+        "Record, once per run, that the GPU decoder handed a video to the CPU (NVDEC lacks its codec)."
+        if getattr(self, "_cpu_decode_noted", False): return
+        self._cpu_decode_noted = True
+        marker = "GPU decoder fell back to the CPU:"
+        msg = (f"{marker} torchcodec on {self.decode_device} could not decode {path} with NVDEC (its codec or profile) and "
+               f"decoded it on the CPU; such videos cost CPU time (re-encode them to H.264 or HEVC to decode on the GPU)")
+        if self.run_dir is None or _log_once(self.run_dir, msg, marker): warnings.warn(msg)
     def _read_with(self, backend:str, path, v:int, k:int, epoch:int, span:tuple|None=None) -> torch.Tensor:
         g = torch_generator(self.seed, int(epoch), v, "clip", *([k] if k else []))   # clip 0: the draw of one clip per video
         with self._open(path, backend) as video:
@@ -138,6 +157,8 @@ class ClipDataset(torch.utils.data.Dataset):
                 end = min(end, video.info.frames)
                 idx = [start + i for i in eval_clip_indices(end - start, self.frames, stride, self.clips_per_video)[k]]
             frames = video.read(idx)
+            if getattr(video, "cpu_fallback", False): self._note_cpu_decode(path)   # (a cached video has none)
+        if frames.device != self.decode_device: frames = frames.to(self.decode_device)   # a CPU fallback's frames
         x = self.transform.geometry(frames, g)
         if self.shuffle_frames:  # control experiment: destroys the order of frames, keeps their content
             x = x[torch.randperm(x.shape[0], generator=torch_generator(self.seed, int(epoch), v, "shuffle"))]

@@ -73,6 +73,10 @@ class TrainConfig:
     device: str = _f("auto", "auto, cpu, cuda or cuda:N")
     seed: int = _f(0, "seed of everything: subset, splits, clip sampling, initialisation")
     backend: str = _f("decord", "video decoder", choices=("decord", "torchcodec", "pyav"))
+    decode_device: str = _f("cpu", "where videos are decoded: cpu (in the DataLoader workers), or cuda: torchcodec's GPU "
+                            "decoder (NVDEC) on the training GPU, in the main process, for when 2 CPU cores cannot keep "
+                            "the GPU busy (needs a CUDA build of torchcodec; --backend is then torchcodec)",
+                            choices=("cpu", "cuda"))
     strict: bool = _f(False, "refuse to start when the probing pass finds videos that do not decode (default: leave them "
                       "out), and stop at a video that fails later instead of skipping it")
     cache: str = _f("auto", "decoded-clip cache: local keeps each video decoded and resized on local disk after its first read; "
@@ -93,7 +97,8 @@ class TrainConfig:
     def to_dict(self) -> dict: return dataclasses.asdict(self)
 
 # %% ../nbs/31_config.ipynb #15ac078b
-MAY_CHANGE_ON_RESUME = {"run_dir", "data", "splits", "weights_dir", "epochs", "workers", "device", "backend", "strict", "cache",
+MAY_CHANGE_ON_RESUME = {"run_dir", "data", "splits", "weights_dir", "epochs", "workers", "device", "backend", "decode_device",
+                        "strict", "cache",
                         "cache_dir", "cache_max_gb",
                         "save_every_minutes", "time_budget_minutes", "keep", "force_resume", "restart", "fallback_dir", "progress", "plot",
                         "tensorboard", "grad_checkpoint", "deterministic", "val_every", "recipe"}   # recipe: its choices are compared
@@ -129,6 +134,12 @@ def resolve_config(cfg:TrainConfig) -> TrainConfig:
               ("mixup", cfg.mixup >= 0, ">= 0"), ("cutmix", cfg.cutmix >= 0, ">= 0")]
     for name, ok, want in checks:
         if not ok: raise ConfigError(f"{name}={getattr(cfg, name)!r}; it must be {want}")
+    if cfg.decode_device == "cuda" and cfg.cache == "local":
+        raise ConfigError("cache='local' stores CPU-decoded clips and decode_device='cuda' decodes on the GPU: "
+                          "use one (--cache none, or --decode-device cpu)")
+    if cfg.decode_device == "cuda" and cfg.device == "cpu":
+        raise ConfigError("decode_device='cuda' decodes on the training GPU, and device='cpu'; "
+                          "use --device auto or cuda, or --decode-device cpu")
     if spec.exact_frames and cfg.frames != spec.frames:
         raise ConfigError(f"{spec.name} needs exactly {spec.frames} frames; set frames={spec.frames} or pick another model")
     if cfg.pretrained and not spec.weights_url and not cfg.init:

@@ -289,10 +289,10 @@ def _first_bad(bad:dict, k:int=3) -> str:
     return "; ".join(f"{p} ({why(p, e)})" for p, e in list(bad.items())[:k]) + (" ..." if len(bad) > k else "")
 
 def _probe_one(path:str, backend:str) -> dict:
-    from har_colab.video import BACKEND_ORDER, backend_available, probe
+    import itertools
+    from har_colab.video import other_backends, probe
     first = None
-    for b in [backend] + [b for b in BACKEND_ORDER if b != backend]:
-        if b != backend and not backend_available(b): continue
+    for b in itertools.chain([backend], other_backends(backend)):   # as `ClipDataset` falls back
         try: info = probe(path, b)
         except DataError as e: first = first or e; continue
         return {"frames": info.frames, "fps": info.fps, "width": info.width, "height": info.height, "backend": b}

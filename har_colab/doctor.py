@@ -582,12 +582,15 @@ def input_finding(history:list, cfg:TrainConfig|None=None, threshold:float=0.3, 
     ev = f"epoch {int(h['epoch'])} waited for its input {100*share:.0f}% of its {h['epoch_seconds']:.0f} s"
     if share <= threshold: return Finding("input-bound", "pass", ev, section="training")
     cures, val = [], h.get("val_seconds", 0.0) / h["epoch_seconds"]
-    if not cached: cures.append("--cache local (later epochs read decoded clips from local disk)")
+    on_gpu = cfg is not None and cfg.decode_device == "cuda"
+    if not cached and not on_gpu: cures.append("--cache local (later epochs read decoded clips from local disk)")
     if val >= 0.3:
         if cfg is None or cfg.val_clips > 1: cures.append("--val-clips 1")
         cures.append(f"--val-every 2 or more (validation takes {100*val:.0f}% of the epoch)")
     cpus = os.cpu_count() or 1
-    if cfg is not None and cfg.workers < cpus: cures.append(f"--workers {cpus} (this machine has {cpus} CPUs)")
+    if cfg is not None and cfg.workers < cpus and not on_gpu: cures.append(f"--workers {cpus} (this machine has {cpus} CPUs)")
+    if cfg is not None and not on_gpu and cfg.device != "cpu" and torch.cuda.is_available():
+        cures.append("--decode-device cuda (torchcodec decodes on the GPU, NVDEC; needs its CUDA build)")
     advice = ("the model waits for decoding: try " + ", ".join(cures) if cures else
               f"decoding is the limit on {cpus} CPUs with these settings: fewer --frames, or a machine with more CPUs")
     return Finding("input-bound", "warn", ev, advice, "training")

@@ -27,16 +27,16 @@ from .clips import ClipDataset
 from .models import check_input, count_parameters, enable_grad_checkpointing, get_spec, lr_scales
 from .checkpoint import FORMAT_VERSION, RunFolder, find_checkpoint, get_rng_state, set_rng_state
 from .config import MAY_CHANGE_ON_RESUME, TrainConfig, check_batch_size, config_diff, resolve_config
-from .build import (RunStart, build_cache, build_model, build_samples, clip_dataset, load_run, open_run,
-                             init_from, run_video_sizes, samples_from_saved)
+from .build import (RunStart, build_cache, build_model, build_samples, clip_dataset, gpu_decode_device, load_run,
+                             open_run, init_from, run_video_sizes, samples_from_saved)
 from .distributed import (all_reduce_sum, barrier, broadcast_buffers, init_distributed, is_distributed, is_main, rank,
                                    shard, stop_requests, worker_ignore_signals, world_size, wrap_model)
 from .callbacks import PlotCallback, default_callbacks
 
 # %% auto #0
 __all__ = ['EpochBatchSampler', 'lr_factor', 'make_optimizer', 'amp_setup', 'to_cpu', 'torch_rng_state', 'set_torch_rng_state',
-           'uses_channels_last', 'batch_to_device', 'mix_batch', 'ignore_stop_signals', 'evaluate', 'Trainer',
-           'EvalResult', 'evaluate_run', 'evaluated', 'final_evaluation', 'FitResult', 'preflight', 'fit']
+           'uses_channels_last', 'batch_to_device', 'mix_batch', 'ignore_stop_signals', 'loader_settings', 'evaluate',
+           'Trainer', 'EvalResult', 'evaluate_run', 'evaluated', 'final_evaluation', 'FitResult', 'preflight', 'fit']
 
 # %% ../nbs/40_train.ipynb #982498a6
 class EpochBatchSampler:
@@ -131,6 +131,11 @@ def ignore_stop_signals(worker_id:int=0):
     "DataLoader workers leave Ctrl-C to the main process, which stops cleanly at a step boundary and shuts them down."
     signal.signal(signal.SIGINT, signal.SIG_IGN)
 
+def loader_settings(workers:int, ds, device) -> tuple:
+    "(num_workers, pin_memory) of a loader over `ds` for `device`: a dataset that decodes on the GPU reads in this process."
+    on_gpu = getattr(ds, "on_gpu", False)               # forked workers cannot use CUDA; its items are on the GPU already
+    return (0 if on_gpu else workers), (torch.device(device).type == "cuda" and not on_gpu)
+
 # %% ../nbs/40_train.ipynb #8fca614c
 @torch.no_grad()
 def evaluate(model:nn.Module, loader, num_classes:int, to_device=None, autocast=None, check_stop=None, batches=None,
@@ -223,10 +228,11 @@ class Trainer:
         self.sampler = EpochBatchSampler(self.n_train, self.micro, cfg.seed, self.steps_per_epoch * self.accumulate, rank=rank(),
                                          world=world_size())
         cuda = self.device.type == "cuda"
-        kw = dict(num_workers=cfg.workers, pin_memory=cuda, persistent_workers=cfg.workers > 0)
-        if cfg.workers > 0: kw["prefetch_factor"] = 4 if cuda else 2
+        workers, pin = loader_settings(cfg.workers, train_ds, self.device)
+        kw = dict(num_workers=workers, pin_memory=pin, persistent_workers=workers > 0)
+        if workers > 0: kw["prefetch_factor"] = 4 if cuda else 2
         # a generator of its own: creating an iterator must not consume the global RNG (exact resume)
-        if cfg.workers > 0: kw["worker_init_fn"] = worker_ignore_signals if is_distributed() else ignore_stop_signals
+        if workers > 0: kw["worker_init_fn"] = worker_ignore_signals if is_distributed() else ignore_stop_signals
         self.train_loader = torch.utils.data.DataLoader(train_ds, batch_sampler=self.sampler, generator=torch.Generator(), **kw)
         # under DDP each process evaluates a block of whole videos
         self.val_part = shard(len(val_ds) // val_ds.clips_per_video) if is_distributed() else None
@@ -535,11 +541,15 @@ def evaluate_run(run_dir, checkpoint:str="best", clips:int|None=None, data=None,
     if batch_size is not None and batch_size < 1: raise ConfigError(f"batch_size={batch_size}; use 1 or more clips")
     model = saved.model(dev)
     K = clips or cfg.eval_clips
-    ds = clip_dataset(cfg, saved.val, train=False, clips_per_video=K, video_sizes=run_video_sizes(run_dir, cfg.data, saved.val))
+    # the run's GPU decoding where it evaluates on a GPU (on a CPU the videos are decoded there)
+    ddev = gpu_decode_device(cfg, dev, saved.val.paths[0] if len(saved.val) else None) if dev.type == "cuda" else None
+    ds = clip_dataset(cfg, saved.val, train=False, clips_per_video=K, video_sizes=run_video_sizes(run_dir, cfg.data, saved.val),
+                      decode_device=ddev)
     cl, dt = uses_channels_last(cfg, dev), amp_dtype(dev, cfg.amp)   # the trainer's GPU path: channels_last, autocast, pinned
     if cl: model = model.to(memory_format=torch.channels_last_3d)
+    workers, pin = loader_settings(workers, ds, dev)
     loader = torch.utils.data.DataLoader(ds, batch_size=batch_size or max(1, cfg.batch_size // cfg.accumulate),
-                                         num_workers=workers, pin_memory=dev.type == "cuda")
+                                         num_workers=workers, pin_memory=pin)
     with device_settings(dev):
         m, probs, labels = evaluate(model, loader, len(names), lambda x: batch_to_device(x, dev, ds.transform, cl),
                                     (lambda: torch.autocast(dev.type, dtype=dt)) if dt else None, _eval_fault())
@@ -603,6 +613,7 @@ def fit(config:TrainConfig, callbacks=None, echo=print,
     "Train (or resume) the run described by `config`."
     cfg = resolve_config(config)
     device = resolve_device(init_distributed(cfg.device))   # under torchrun: join the job, one GPU per process
+    gpu_decode_device(cfg, device)                          # --decode-device cuda without a GPU: refused before probing
     if not is_main(): echo = lambda *a, **k: None          # only process 0 writes the run folder and prints
     start = open_run(cfg, echo, raw=config)                 # the run folder, locked, the recipe's choices; nothing written yet
     try:
@@ -626,10 +637,12 @@ def _fit_run(cfg:TrainConfig, start:RunStart, device, callbacks, echo, cli:bool=
     # one cache for train and val, its size estimated and reported before it is built
     cache = build_cache(cfg, train_s.paths + val_s.paths, log=lambda m: run.log(m, echo))
     # the sizes the probing pass found (a resumed run: in probe.json) let every backend decode at the model's size
-    sizes = start.probe.sizes() if start.probe is not None else \
-        {**run_video_sizes(run.root, cfg.data, train_s), **run_video_sizes(run.root, cfg.data, val_s)}
-    train_ds = clip_dataset(cfg, train_s, train=True, run_dir=run.root, cache=cache, video_sizes=sizes)
-    val_ds = clip_dataset(cfg, val_s, train=False, clips_per_video=cfg.val_clips, run_dir=run.root, cache=cache, video_sizes=sizes)
+    sizes = start.probe.sizes() if start.probe is not None else run_video_sizes(run.root, cfg.data, train_s, val_s)
+    ddev = gpu_decode_device(cfg, device, train_s.paths[0] if len(train_s) else None)   # --decode-device cuda, checked
+    if ddev is not None: run.log(f"decoding videos on {ddev} (torchcodec, NVDEC) in the main process", echo)
+    kw = dict(run_dir=run.root, cache=cache, video_sizes=sizes, decode_device=ddev)
+    train_ds = clip_dataset(cfg, train_s, train=True, **kw)
+    val_ds = clip_dataset(cfg, val_s, train=False, clips_per_video=cfg.val_clips, **kw)
     cbs = default_callbacks(cfg) if callbacks is None else list(callbacks)
     trainer = Trainer(cfg, model, train_ds, val_ds, run, cbs, samples, device, echo)
     try: return _train(cfg, start, trainer, cli)

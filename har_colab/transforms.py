@@ -8,7 +8,8 @@ from __future__ import annotations
 import math
 
 import torch
-import torch.nn.functional as F
+
+from .video import resize_images, short_side_size
 
 # %% auto #0
 __all__ = ['resize_short_side', 'random_resized_crop_params', 'VideoTransform']
@@ -16,17 +17,11 @@ __all__ = ['resize_short_side', 'random_resized_crop_params', 'VideoTransform']
 # %% ../nbs/13_transforms.ipynb #c9ccc4c3
 def _pair(x): return (int(x), int(x)) if isinstance(x, (int, float)) else (int(x[0]), int(x[1]))
 
-def _resize(frames:torch.Tensor, size) -> torch.Tensor:
-    "Antialiased bilinear resize of uint8 `T,C,H,W` frames to `size` (h, w): torchvision's v2 `resize`, pixel for pixel."
-    return F.interpolate(frames, size=tuple(size), mode="bilinear", antialias=True, align_corners=False)
-
 def resize_short_side(frames:torch.Tensor, size:int) -> torch.Tensor:
-    "Resize uint8 `T,C,H,W` frames so that the short side is `size` (no-op when it already is)."
+    "Resize uint8 `T,C,H,W` frames so that the short side is `size` (no-op when it already is), with `video.resize_images`."
     h, w = frames.shape[-2:]
-    if min(h, w) == size: return frames
-    if h <= w: nh, nw = size, max(1, round(w * size / h))
-    else: nh, nw = max(1, round(h * size / w)), size
-    return _resize(frames, (nh, nw))
+    hw = short_side_size(h, w, size)
+    return frames if hw == (h, w) else resize_images(frames, hw)
 
 def random_resized_crop_params(h:int, w:int, scale, ratio, g:torch.Generator) -> tuple:
     "(top, left, height, width) of a random crop with area fraction in `scale` and aspect in `ratio`."
@@ -60,11 +55,11 @@ class VideoTransform:
         if self.train:
             if g is None: g = torch.Generator().manual_seed(torch.seed() & (2**63 - 1))
             t, l, ch, cw = random_resized_crop_params(h, w, self.scale, self.ratio, g)
-            x = _resize(x[..., t:t + ch, l:l + cw], self.crop)
+            x = resize_images(x[..., t:t + ch, l:l + cw], self.crop)
             if self.hflip and bool(torch.rand(1, generator=g) < 0.5): x = x.flip(-1)
         else:
             if h < self.crop[0] or w < self.crop[1]:  # tiny videos: upscale so the crop fits
-                x = _resize(x, (max(h, self.crop[0]), max(w, self.crop[1]))); h, w = x.shape[-2:]
+                x = resize_images(x, (max(h, self.crop[0]), max(w, self.crop[1]))); h, w = x.shape[-2:]
             t, l = int(round((h - self.crop[0]) / 2.0)), int(round((w - self.crop[1]) / 2.0))
             x = x[..., t:t + self.crop[0], l:l + self.crop[1]]
         return x

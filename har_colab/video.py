@@ -20,8 +20,9 @@ import torch.nn.functional as F
 from .core import DataError
 
 # %% auto #0
-__all__ = ['BACKEND_ORDER', 'BACKENDS', 'backend_available', 'resolve_backend', 'short_side_size', 'resize_frames', 'VideoInfo',
-           'VideoFile', 'DecordVideo', 'TorchcodecVideo', 'PyAVVideo', 'open_video', 'probe', 'read_frames']
+__all__ = ['BACKEND_ORDER', 'BACKENDS', 'backend_available', 'other_backends', 'resolve_backend', 'short_side_size',
+           'resize_images', 'resize_frames', 'VideoInfo', 'VideoFile', 'DecordVideo', 'TorchcodecVideo', 'PyAVVideo',
+           'open_video', 'probe', 'read_frames']
 
 # %% ../nbs/10_video.ipynb #d76777eb
 BACKEND_ORDER = ("decord", "torchcodec", "pyav")        # fallback order when a backend's module is missing
@@ -34,6 +35,10 @@ def backend_available(name:str) -> bool:
         try: importlib.import_module(_MODULES[name]); _available_cache[name] = True
         except Exception: _available_cache[name] = False  # ImportError, or e.g. torchcodec's RuntimeError without FFmpeg
     return _available_cache[name]
+
+def other_backends(backend:str):
+    "The backends to try where `backend` failed on a file, in `BACKEND_ORDER`; lazily, so one that is not needed is not imported."
+    return (b for b in BACKEND_ORDER if b != backend and backend_available(b))
 
 def resolve_backend(backend:str="decord") -> str:
     "`backend` if its module imports, else the next available one in `BACKEND_ORDER` (with a warning, once)."
@@ -54,7 +59,7 @@ def _reason(e:BaseException) -> str:
     "A backend exception as one short line, without decord's and torchcodec's source-location prefixes."
     msg = " ".join(str(e).split()) or type(e).__name__
     msg = re.sub(r"\[\d\d:\d\d:\d\d\] \S+:\d+: ", "", msg)          # decord: "[12:00:00] /project/src/x.cc:55: "
-    msg = re.sub(r"^\w+, \S+\.cpp:\d+, ", "", msg)                 # torchcodec: "Func, /path/x.cpp:41, "
+    msg = re.sub(r"^\w+, \S+\.(?:cpp|h|cu):\d+, ", "", msg)        # torchcodec: "Func, /path/x.cpp:41, "
     return msg[:200]
 
 class _DecodeFailed(Exception):
@@ -66,10 +71,19 @@ def short_side_size(h:int, w:int, size:int) -> tuple:
     if h <= w: return size, max(1, round(w * size / h))
     return max(1, round(h * size / w)), size
 
+def resize_images(x:torch.Tensor, size) -> torch.Tensor:
+    "Antialiased bilinear resize of uint8 `...,C,H,W` images to `size` (h, w): torchvision's v2 `resize`, pixel for pixel."
+    if x.device.type == "cpu": return F.interpolate(x, size=tuple(size), mode="bilinear", antialias=True, align_corners=False)
+    return _resize_float(x, size)   # CUDA has no uint8 kernel for this (frames decoded on the GPU)
+
+def _resize_float(x:torch.Tensor, size) -> torch.Tensor:
+    "`resize_images` through float32, rounded back to uint8 (torchvision's way on CUDA): within 1 of the uint8 kernel."
+    y = F.interpolate(x.float(), size=tuple(size), mode="bilinear", antialias=True, align_corners=False)
+    return y.round_().clamp_(0, 255).to(torch.uint8)
+
 def resize_frames(frames:torch.Tensor, size) -> torch.Tensor:
-    "uint8 `T,H,W,C` frames resized to `size` (h, w): antialiased bilinear, the transforms' resize, pixel for pixel."
-    x = F.interpolate(frames.permute(0, 3, 1, 2), size=tuple(size), mode="bilinear", antialias=True, align_corners=False)
-    return x.permute(0, 2, 3, 1)
+    "uint8 `T,H,W,C` frames resized to `size` (h, w) by `resize_images`: the transforms' resize, pixel for pixel."
+    return resize_images(frames.permute(0, 3, 1, 2), size).permute(0, 2, 3, 1)
 
 @dataclass(frozen=True)
 class VideoInfo:
@@ -85,13 +99,20 @@ class VideoFile:
     "An open video: `.info`, `.read(indices)`, `.close()`; a context manager. Subclasses implement one backend."
     backend = None
     auto_ratio = None   # decoder_resize="auto": the decoder resizes when source pixels / output pixels >= this (None: never)
+    devices = ("cpu",)  # the torch device types it decodes on
     def __init__(self, path, size:bool=True,
                  short_side:int|None=None,  # read frames with this short side (aspect kept, as `short_side_size`)
                  out_size=None,             # or at exactly this (height, width)
                  source_size=None,          # the video's (height, width) when known (a probing pass): lets decord
                                             #   open its reader at the output size
-                 decoder_resize=True):      # False: decode at full size, then `resize_frames` (the transforms' pixels);
+                 decoder_resize=True,       # False: decode at full size, then `resize_frames` (the transforms' pixels);
                                             #   "auto": in the decoder only where it measured faster (`auto_ratio`)
+                 device="cpu"):             # where frames are decoded and returned (torchcodec: "cuda[:N]", NVDEC)
+        self.device = torch.device(device or "cpu")
+        if self.device.type not in self.devices:
+            raise DataError(f"the {self.backend} backend decodes on the CPU only, not on {self.device}; "
+                            f"torchcodec decodes on CUDA (--backend torchcodec)")
+        self.cpu_fallback = False  # True when a GPU decoder handed this video to the CPU (a codec NVDEC lacks)
         self.path, self.probe_size = Path(path), size   # size=False: width/height may stay 0 when they cost a decode
         self.short_side, self.out_size = (int(short_side) if short_side else None), (tuple(out_size) if out_size else None)
         self.source_size, self.decoder_resize = (tuple(source_size) if source_size else None), decoder_resize
@@ -218,18 +239,25 @@ class TorchcodecVideo(VideoFile):
     "torchcodec backend: `VideoDecoder(path, seek_mode='exact')` (an index of every frame; a `Resize` transform for the output size), `get_frames_at(indices)`."
     backend = "torchcodec"
     auto_ratio = None   # its `Resize` measured slower than full size + torch resize at 320x240 and at 1280x720
+    devices = ("cpu", "cuda")   # cuda: NVDEC, frames come out on that GPU (resized there by `resize_frames`)
     def _open(self):
         from torchcodec.decoders import VideoDecoder
-        transforms = _torchcodec_resize(self) if self.resizes and self.decoder_resize else None
-        self._dec = VideoDecoder(str(self.path), dimension_order="NHWC", seek_mode="exact", num_ffmpeg_threads=1,
-                                 **({"transforms": transforms} if transforms else {}))
+        gpu = self.device.type == "cuda"
+        transforms = _torchcodec_resize(self) if self.resizes and self.decoder_resize and not gpu else None
+        kw = {"transforms": transforms} if transforms else {}
+        if gpu: kw["device"] = str(self.device)
+        self._dec = VideoDecoder(str(self.path), dimension_order="NHWC", seek_mode="exact", num_ffmpeg_threads=1, **kw)
         if transforms: self.resized_by = "decoder"
         m = self._dec.metadata
         n = int(m.num_frames or 0)
         if n == 0: raise DataError(f"cannot decode {self.path}: no video frames")
         return VideoInfo(frames=n, fps=float(m.average_fps or 0.0), width=int(m.width), height=int(m.height))
     def _read(self, indices):
-        return self._dec.get_frames_at(indices).data.contiguous()
+        x = self._dec.get_frames_at(indices).data
+        if self.device.type != "cpu":
+            self.cpu_fallback = bool(getattr(self._dec, "cpu_fallback", False))   # torchcodec >= 0.9 says so
+            x = x.to(self.device)
+        return x.contiguous()
     def close(self): self._dec = None
 
 # %% ../nbs/10_video.ipynb #961a1bad
@@ -323,11 +351,12 @@ def open_video(path, backend:str="decord", size:bool=True,
                source_size=None,          # the video's (height, width) when already known (e.g. from `probe`)
                decoder_resize=True,       # False: full-size decode + `resize_frames` (the transforms' pixels);
                                           #   "auto": in the decoder only where it measured faster
+               device="cpu",              # "cuda[:N]": torchcodec's GPU decoder (NVDEC); frames on that GPU
                ) -> VideoFile:
     "Open `path` with `backend` ('decord', 'torchcodec', 'pyav'); the result has `.info` and `.read(indices)`."
     # size=False: a reader that needs only frames and fps (ClipDataset) skips decord's decode of frame 0 (info.width = 0)
     return BACKENDS[resolve_backend(backend)](path, size=size, short_side=short_side, out_size=out_size,
-                                              source_size=source_size, decoder_resize=decoder_resize)
+                                              source_size=source_size, decoder_resize=decoder_resize, device=device)
 
 def probe(path, backend:str="decord") -> VideoInfo:
     "Frame count, fps and size of the video at `path`."
