@@ -169,8 +169,8 @@ def main():
              "is 3.5x), pytorchvideo. Rows that decode at the model's size (the decoder resizes to short side 128): "
              "'decode only at 128', 'ClipDataset, decoder_resize=True'. Frame sizes come from a probing pass made before "
              "timing (`video_sizes=`; decord needs them to open its reader at 128). 'vs decode only' is against the "
-             "full-size decode-only row. pytorchvideo has no torchcodec decoder. The machine was shared with other "
-             "jobs during the run: rates vary by +-20% between runs.\n",
+             "full-size decode-only row. pytorchvideo has no torchcodec decoder. A quick run times few clips per "
+             "row: rates vary by +-20% between runs (results_profile_stages.md has per-stage medians over 96 clips).\n",
              "| pipeline | backend | workers | clips/s | vs pytorchvideo (same decoder, workers) | vs decode only (full size) |",
              "| --- | --- | --- | ---: | ---: | ---: |"]
     for n, b, w, r in rows:
