@@ -109,7 +109,8 @@ def test_dataloader_workers_share_the_cache(videos, tmp_path):
     cache = ClipCache(tmp_path, resize=SPEC.resize)
     plain, cached = _ds(videos, True), _ds(videos, True, cache)
     keys = [[(i, 0) for i in range(len(videos))]]
-    dl = lambda ds: torch.utils.data.DataLoader(ds, batch_sampler=keys, num_workers=2)
+    dl = lambda ds: torch.utils.data.DataLoader(ds, batch_sampler=keys, num_workers=2, timeout=300,
+                                                multiprocessing_context="forkserver")   # not a fork of this pytest process
     (a, _), = list(dl(plain)); (b, _), = list(dl(cached))
     assert torch.equal(a, b) and len(list(tmp_path.glob("*.npy"))) == len(videos)
 

@@ -1,4 +1,5 @@
 "Video backends (parity, over-reported lengths, bad files) and bad-video handling in ClipDataset."
+import functools
 import types
 import warnings
 from pathlib import Path
@@ -171,12 +172,18 @@ def dataset_with_bad_files(tmp_path):
     return Samples(paths, labels, ["right", "left"]), tmp_path
 
 
+def _collate_items(ds, keys): return torch.utils.data.default_collate([ds[k] for k in keys])
+
+
 def test_clip_dataset_skips_bad_videos_with_workers(dataset_with_bad_files):
     samples, tmp = dataset_with_bad_files
     run = tmp/"run"
     ds = ClipDataset(samples, SPEC, train=True, run_dir=run)
     keys = [(i, 1) for i in range(len(ds))]
-    dl = torch.utils.data.DataLoader(keys, batch_size=4, num_workers=2, collate_fn=lambda ks: torch.utils.data.default_collate([ds[k] for k in ks]))
+    # forkserver: workers start from a clean process, not forked from this pytest process and the threads other tests
+    # left in it (a fork of one hung once)
+    dl = torch.utils.data.DataLoader(keys, batch_size=4, num_workers=2, collate_fn=functools.partial(_collate_items, ds),
+                                     multiprocessing_context="forkserver", timeout=300)
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")
         batches = list(dl)
