@@ -186,7 +186,7 @@ for i in range(10**6):
     n += 1
     if time.perf_counter() - t0 > {seconds_cap}: break
 if x.is_cuda: torch.cuda.synchronize()
-print(n / (time.perf_counter() - t0), diff, int(getattr(ds, "_cpu_decode_noted", False)))
+print(n / (time.perf_counter() - t0), diff, len(ds.cpu_decoded))
 """
     r = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=600)
     if r.returncode: return None, (r.stderr.strip().splitlines() or ["no output"])[-1], None

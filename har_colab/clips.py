@@ -92,7 +92,8 @@ class ClipDataset(torch.utils.data.Dataset):
         self.transform = VideoTransform(spec, train=train, hflip=hflip, scale=(min_crop_area, 1.0))
         self.bad_videos = []          # paths skipped in this process
         self.fallbacks = []           # paths the chosen backend could not decode but another one could
-        self._fallbacks_noted = set() # (chosen, other) backend pairs already reported by this process
+        self.cpu_decoded = []         # paths the GPU decoder handed to the CPU (NVDEC lacks their codec)
+        self._noted = set()           # markers of the once-per-run lines this process has reported
         if self.on_gpu and cache not in (None, "none"):
             raise DataError(f"the clip cache holds CPU-decoded clips; decoding on {self.decode_device} needs cache='none'")
         if cache in (None, "none"): self.cache = None
@@ -129,24 +130,25 @@ class ClipDataset(torch.utils.data.Dataset):
                 self._note_fallback(path, backend, first)
                 return x, label
             raise first
+    def _say_once(self, marker:str, msg:str):
+        "Warn `msg` once per run (`marker` in the run's events.log; once per process without `run_dir`)."
+        if marker in self._noted: return
+        self._noted.add(marker)
+        if self.run_dir is None or _log_once(self.run_dir, msg, marker): warnings.warn(msg)
     def _note_fallback(self, path:str, backend:str, error:DataError):
-        "Record that `backend` decoded `path` after the chosen backend failed; reported once per run (per process without `run_dir`)."
+        "Record that `backend` decoded `path` after the chosen backend failed; said once per run for each pair of backends."
         if path not in self.fallbacks: self.fallbacks.append(path)
-        pair = (self.backend, backend)
-        if pair in self._fallbacks_noted: return
-        self._fallbacks_noted.add(pair)
         marker = f"video backend fallback {self.backend} -> {backend}:"
-        msg = (f"{marker} {self.backend} could not decode {path} ({error}); {backend} decoded it, and decodes every other "
-               f"such video of this run without another line (backend={backend!r} / --backend {backend} skips the failing tries)")
-        if self.run_dir is None or _log_once(self.run_dir, msg, marker): warnings.warn(msg)
+        self._say_once(marker, f"{marker} {self.backend} could not decode {path} ({error}); {backend} decoded it, and decodes "
+                       f"every other such video of this run without another line (backend={backend!r} / --backend "
+                       f"{backend} skips the failing tries)")
     def _note_cpu_decode(self, path:str):
-        "Record, once per run, that the GPU decoder handed a video to the CPU (NVDEC lacks its codec)."
-        if getattr(self, "_cpu_decode_noted", False): return
-        self._cpu_decode_noted = True
+        "Record that the GPU decoder handed `path` to the CPU (NVDEC lacks its codec); said once per run."
+        if path not in self.cpu_decoded: self.cpu_decoded.append(path)
         marker = "GPU decoder fell back to the CPU:"
-        msg = (f"{marker} torchcodec on {self.decode_device} could not decode {path} with NVDEC (its codec or profile) and "
-               f"decoded it on the CPU; such videos cost CPU time (re-encode them to H.264 or HEVC to decode on the GPU)")
-        if self.run_dir is None or _log_once(self.run_dir, msg, marker): warnings.warn(msg)
+        self._say_once(marker, f"{marker} torchcodec on {self.decode_device} could not decode {path} with NVDEC (its codec "
+                       "or profile) and decoded it on the CPU; such videos cost CPU time (re-encode them to H.264 or HEVC "
+                       "to decode on the GPU)")
     def _read_with(self, backend:str, path, v:int, k:int, epoch:int, span:tuple|None=None) -> torch.Tensor:
         g = torch_generator(self.seed, int(epoch), v, "clip", *([k] if k else []))   # clip 0: the draw of one clip per video
         with self._open(path, backend) as video:
