@@ -80,7 +80,8 @@ def build_parser() -> argparse.ArgumentParser:
                     "when separate (default with --source official: official)")
     pr.add_argument("--downloads", default=None, help="where downloads are kept (default: Drive or $HAR_COLAB_HOME/downloads "
                     "for official archives, else OUT/downloads)")
-    pr.add_argument("--checksum", default=None, help="expected sha256 (or md5:HEX) of the downloaded archive")
+    pr.add_argument("--checksum", default=None, help="expected sha256 (or md5:HEX) of the downloaded archive (with --source "
+                    "official: instead of the published one of the videos archive)")
     sub.add_parser("models", help="table of registered models and their input specs")
     ins = sub.add_parser("inspect", help="layer-by-layer output shapes of a model for its own input")
     ins.add_argument("model", help="model name (see har-colab models)")

@@ -49,19 +49,19 @@ class Samples:
         "Number of videos per class index."
         return np.bincount(np.asarray(self.labels, dtype=np.int64), minlength=self.num_classes).tolist()
     def to_dict(self) -> dict:
-        "A JSON-able dict; paths are relative to `root` when they are under it."
+        "A JSON-able dict; paths (and groups) are relative to `root` when they are under it."
         def rel(p):
             if self.root and Path(p).is_relative_to(self.root): return Path(p).relative_to(self.root).as_posix()
             return p
         return {"root": self.root, "class_names": list(self.class_names), "paths": [rel(p) for p in self.paths],
-                "labels": list(self.labels), "groups": [rel(g) if g in self.paths else g for g in self.groups]}
+                "labels": list(self.labels), "groups": [rel(g) for g in self.groups]}
     @classmethod
     def from_dict(cls, d:dict, root=None) -> Samples:
         "Rebuild from `to_dict`, resolving relative paths against `root` (default: the saved root)."
         root = str(root or d.get("root") or "")
         absp = lambda p: str(Path(root)/p) if root and not Path(p).is_absolute() else p
         paths = [absp(p) for p in d["paths"]]
-        groups = [absp(g) if g in d["paths"] else g for g in d["groups"]]
+        groups = [absp(g) for g in d["groups"]]          # recordings are path-like (`recording_id`): relative to root too
         return cls(paths, d["labels"], d["class_names"], groups, root or None)
     def __repr__(self):
         return f"Samples({len(self)} videos, {self.num_classes} classes)"
