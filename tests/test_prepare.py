@@ -457,3 +457,27 @@ def test_prepare_ucf101_official(tmp_path, monkeypatch):
         assert load_samples("ucf101", root, fold="test").labels == [0, 0, 1, 1]
     finally:
         s.httpd.shutdown(); s.httpd.server_close()
+
+
+@pytest.mark.skipif(shutil.which("openssl") is None, reason="needs openssl to make a certificate")
+def test_official_server_whose_certificate_does_not_verify(tmp_path, monkeypatch, mirror):
+    "A self-signed loopback HTTPS server: refused by a plain download, accepted for an official archive with a checksum."
+    import ssl
+    official_as_made(monkeypatch, mirror)
+    key, cert = tmp_path / "k.pem", tmp_path / "c.pem"
+    subprocess.run(["openssl", "req", "-x509", "-newkey", "rsa:2048", "-nodes", "-keyout", str(key), "-out", str(cert),
+                    "-days", "1", "-subj", "/CN=127.0.0.1"], check=True, capture_output=True)
+    ctx = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER); ctx.load_cert_chain(cert, key)
+    https = Server(dict(mirror.files))
+    https.httpd.socket = ctx.wrap_socket(https.httpd.socket, server_side=True)
+    url = https.url.replace("http://", "https://")
+    try:
+        with pytest.raises(prep.CertificateError, match="certificate does not verify"):
+            download_url(f"{url}/{HMDB_SPLITS}", tmp_path / "plain" / "s.rar", progress=False)
+        monkeypatch.setenv("HAR_COLAB_OFFICIAL_MIRROR", url)
+        said = []
+        got = prep.fetch_official("hmdb51", "splits", tmp_path / "dl", progress=False, echo=said.append)
+        assert got.read_bytes() == mirror.files[HMDB_SPLITS]
+        assert any("downloading it anyway, its checksum is checked after" in m for m in said)
+    finally:
+        https.httpd.shutdown(); https.httpd.server_close()
