@@ -34,7 +34,8 @@ __all__ = ['build_samples', 'samples_from_saved', 'build_model', 'init_state', '
 def build_samples(cfg:TrainConfig) -> tuple:
     "(train, val) `Samples` for `cfg`."
     if cfg.format == "folder":
-        train, val = train_val_split(load_samples("folder", cfg.data), cfg.val_fraction, cfg.seed)
+        train, val = train_val_split(load_samples("folder", cfg.data, group_pattern=cfg.group_pattern),
+                                     cfg.val_fraction, cfg.seed)
     else:
         train = load_samples(cfg.format, cfg.data, cfg.splits, cfg.split, "train")
         val = load_samples(cfg.format, cfg.data, cfg.splits, cfg.split, "test")

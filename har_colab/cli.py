@@ -72,10 +72,16 @@ def build_parser() -> argparse.ArgumentParser:
     e.add_argument("--batch-size", type=int, default=None, help="clips per forward pass (default: the run's micro-batch)")
     pr = sub.add_parser("prepare", help="download / verify / extract a dataset (local archive, URL or Google Drive id)")
     pr.add_argument("kind", choices=("hmdb51", "ucf101", "folder"), help="dataset kind")
-    pr.add_argument("--source", required=True, help="local archive or folder, http(s) URL, or Google Drive id/link")
-    pr.add_argument("--out", required=True, help="folder to extract into")
-    pr.add_argument("--splits-source", default=None, help="the official split archive (local, URL or Drive id), when separate")
-    pr.add_argument("--checksum", default=None, help="expected sha256 (or md5:HEX) of the downloaded archive")
+    pr.add_argument("--source", required=True, help="local archive or folder, http(s) URL, Google Drive id/link, or 'official' "
+                    "(hmdb51, ucf101: the authors' archives and split files, downloaded once to Drive in Colab, else to "
+                    "$HAR_COLAB_HOME/downloads; an interrupted download resumes)")
+    pr.add_argument("--out", required=True, help="folder to extract into (in Colab: local disk, e.g. /content/data)")
+    pr.add_argument("--splits-source", default=None, help="the official split archive (local, URL, Drive id, or 'official'), "
+                    "when separate (default with --source official: official)")
+    pr.add_argument("--downloads", default=None, help="where downloads are kept (default: Drive or $HAR_COLAB_HOME/downloads "
+                    "for official archives, else OUT/downloads)")
+    pr.add_argument("--checksum", default=None, help="expected sha256 (or md5:HEX) of the downloaded archive (with --source "
+                    "official: instead of the published one of the videos archive)")
     sub.add_parser("models", help="table of registered models and their input specs")
     ins = sub.add_parser("inspect", help="layer-by-layer output shapes of a model for its own input")
     ins.add_argument("model", help="model name (see har-colab models)")
@@ -184,8 +190,13 @@ def cmd_plot(a) -> int:
 
 def cmd_prepare(a) -> int:
     from .prepare import prepare_dataset
-    root = prepare_dataset(a.kind, a.source, a.out, checksum=a.checksum, splits_source=a.splits_source)
-    print(f"dataset ready: {root}")
+    missing = []
+    def say(message):
+        if "still missing" in message: missing.append(message)
+        print(message, flush=True)
+    root = prepare_dataset(a.kind, a.source, a.out, checksum=a.checksum, splits_source=a.splits_source, downloads=a.downloads,
+                           echo=say)
+    if not missing: print(f"dataset ready: {root}")
     return 0
 
 def cmd_models(a) -> int:

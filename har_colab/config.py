@@ -9,6 +9,7 @@ import dataclasses
 from dataclasses import dataclass, field
 
 from .core import ConfigError
+from .datasets import group_pattern_regex
 from .models import check_available, get_spec
 
 # %% auto #0
@@ -28,6 +29,11 @@ class TrainConfig:
     split: int = _f(1, "official split number (1..3)")
     subset: float = _f(1.0, "fraction of each class's training videos to use (stratified, seeded), e.g. 0.1")
     val_fraction: float = _f(0.2, "held-out fraction per class when the format has no test split (folder)")
+    group_pattern: str = _f(None, "which clips are one recording, kept on one side of the train/val split (folder): a regular "
+                            "expression searched in each file name without extension, its first group (else the whole match) "
+                            r"the recording, e.g. '^(cam\d+_take\d+)'; a file it does not match is its own recording. "
+                            "Without it: a sub-folder of a class folder is one recording, else UCF101's v_X_gNN_cNN naming, "
+                            "else each file")
     model: str = _f("r3d_18", "model name (har-colab models lists them)")
     pretrained: bool = _f(True, "start from Kinetics-400 weights")
     init: str = _f(None, "start from another run folder's best.pt, a checkpoint or a .pt state dict instead (layers matched by "
@@ -134,6 +140,7 @@ def resolve_config(cfg:TrainConfig) -> TrainConfig:
               ("mixup", cfg.mixup >= 0, ">= 0"), ("cutmix", cfg.cutmix >= 0, ">= 0")]
     for name, ok, want in checks:
         if not ok: raise ConfigError(f"{name}={getattr(cfg, name)!r}; it must be {want}")
+    if cfg.group_pattern is not None: group_pattern_regex(cfg.group_pattern)     # a bad regex: one line, before anything runs
     if cfg.decode_device == "cuda" and cfg.cache == "local":
         raise ConfigError("cache='local' stores CPU-decoded clips and decode_device='cuda' decodes on the GPU: "
                           "use one (--cache none, or --decode-device cpu)")

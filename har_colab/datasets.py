@@ -7,16 +7,18 @@ from __future__ import annotations
 
 import json
 import re
+import warnings
 from dataclasses import dataclass, field
 from pathlib import Path
 
 import numpy as np
 
-from .core import DataError, derive_seed
+from .core import ConfigError, DataError, derive_seed
 
 # %% auto #0
-__all__ = ['VIDEO_EXTENSIONS', 'LOADERS', 'HMDB51_TAGS', 'Samples', 'source_group', 'load_folder', 'load_samples', 'find_splits',
-           'hmdb51_group', 'load_hmdb51', 'load_ucf101', 'subset', 'train_val_split', 'ProbeResult', 'probe_videos']
+__all__ = ['VIDEO_EXTENSIONS', 'RECORDING_PATTERNS', 'LOADERS', 'HMDB51_TAGS', 'Samples', 'group_pattern_regex', 'recording_id',
+           'source_group', 'load_folder', 'load_samples', 'find_splits', 'has_split_files', 'hmdb51_group',
+           'load_hmdb51', 'load_ucf101', 'subset', 'train_val_split', 'ProbeResult', 'probe_videos']
 
 # %% ../nbs/11_datasets.ipynb #9f5f601e
 VIDEO_EXTENSIONS = (".mp4", ".avi", ".mkv", ".mov", ".webm", ".m4v", ".mpg", ".mpeg", ".wmv", ".flv", ".3gp")
@@ -47,52 +49,87 @@ class Samples:
         "Number of videos per class index."
         return np.bincount(np.asarray(self.labels, dtype=np.int64), minlength=self.num_classes).tolist()
     def to_dict(self) -> dict:
-        "A JSON-able dict; paths are relative to `root` when they are under it."
+        "A JSON-able dict; paths (and groups) are relative to `root` when they are under it."
         def rel(p):
             if self.root and Path(p).is_relative_to(self.root): return Path(p).relative_to(self.root).as_posix()
             return p
         return {"root": self.root, "class_names": list(self.class_names), "paths": [rel(p) for p in self.paths],
-                "labels": list(self.labels), "groups": [rel(g) if g in self.paths else g for g in self.groups]}
+                "labels": list(self.labels), "groups": [rel(g) for g in self.groups]}
     @classmethod
     def from_dict(cls, d:dict, root=None) -> Samples:
         "Rebuild from `to_dict`, resolving relative paths against `root` (default: the saved root)."
         root = str(root or d.get("root") or "")
         absp = lambda p: str(Path(root)/p) if root and not Path(p).is_absolute() else p
         paths = [absp(p) for p in d["paths"]]
-        groups = [absp(g) if g in d["paths"] else g for g in d["groups"]]
+        groups = [absp(g) for g in d["groups"]]          # recordings are path-like (`recording_id`): relative to root too
         return cls(paths, d["labels"], d["class_names"], groups, root or None)
     def __repr__(self):
         return f"Samples({len(self)} videos, {self.num_classes} classes)"
 
 # %% ../nbs/11_datasets.ipynb #b3a5fed0
-_UCF_GROUP = re.compile(r"^(v_.+_g\d+)_c\d+$", re.IGNORECASE)
+RECORDING_PATTERNS = {"hmdb51": r"^(.+)_\d+$",                 # <movie>_<n>.avi: the clips of one movie
+                      "ucf101": r"(?i)^(v_.+_g\d+)_c\d+$"}      # v_<Class>_gXX_cYY.avi: group XX (one actor, one scene)
+
+def group_pattern_regex(pattern) -> re.Pattern:
+    "`pattern` compiled; `ConfigError` (one line) when it is not a regular expression."
+    if isinstance(pattern, re.Pattern): return pattern
+    try: return re.compile(str(pattern))
+    except re.error as e:
+        raise ConfigError(f"group_pattern {pattern!r} is not a valid regular expression ({e}); e.g. "
+                          r"--group-pattern '^(cam\d+_take\d+)' for clips named cam1_take3_0001.mp4") from None
+
+def recording_id(path,
+                 pattern=None,          # regex searched in the file name without extension (see `group_pattern`)
+                 class_dir=None) -> str|None:  # the clip's class folder: its sub-folders are recordings
+    "The recording clip `path` was cut from, as `<class folder>/<id>`; `None` when no rule names one."
+    p = Path(path)
+    base = Path(class_dir) if class_dir is not None else p.parent
+    if pattern is not None:
+        rx = group_pattern_regex(pattern)
+        m = rx.search(p.stem)
+        rid = m and ((m.group(1) if rx.groups else None) or m.group(0))
+        return str(base/rid) if rid else None
+    if class_dir is not None and p.parent != base and p.is_relative_to(base): return str(base/p.relative_to(base).parts[0])
+    m = re.match(RECORDING_PATTERNS["ucf101"], p.stem)
+    return str(p.parent/m.group(1)) if m else None
 
 def source_group(path) -> str:
     "The source recording a clip was cut from, by its name (UCF101 `_gXX_cYY`); else the path itself."
-    stem = Path(path).stem
-    m = _UCF_GROUP.match(stem)
-    return str(Path(path).parent/m.group(1)) if m else str(path)
+    return recording_id(path) or str(path)
 
-def load_folder(root) -> Samples:
-    "Samples from a folder-per-class tree."
+def load_folder(root, group_pattern:str|None=None) -> Samples:
+    "Samples from a folder-per-class tree; `groups` are the recordings (`recording_id`)."
     root = Path(root).expanduser()
+    rx = None if group_pattern is None else group_pattern_regex(group_pattern)
     if not root.is_dir(): raise DataError(f"dataset folder not found: {root}; point --data at a folder with one sub-folder per class")
     classes = sorted(p.name for p in root.iterdir() if p.is_dir() and not p.name.startswith("."))
     if not classes: raise DataError(f"no class folders in {root}; expected {root}/<class>/<video>.mp4")
-    paths, labels = [], []
+    paths, labels, groups, alone = [], [], [], []
     for i, c in enumerate(classes):
         vids = sorted(p for p in (root/c).rglob("*") if p.suffix.lower() in VIDEO_EXTENSIONS and p.is_file())
         if not vids: raise DataError(f"class folder {root/c} has no videos ({', '.join(VIDEO_EXTENSIONS[:3])}, ...); add some or remove the folder")
+        for v in vids:
+            g = recording_id(v, rx, root/c)
+            if g is None and rx is not None: alone.append(v)
+            groups.append(g or str(v))
         paths += [str(v) for v in vids]; labels += [i]*len(vids)
-    return Samples(paths, labels, classes, [source_group(p) for p in paths], str(root))
+    if alone:
+        warnings.warn(f"group_pattern {rx.pattern!r} does not match {len(alone)} of {len(paths)} file names (e.g. "
+                      f"{alone[0].name}); each of those is a recording of its own", stacklevel=2)
+    return Samples(paths, labels, classes, groups, str(root))
 
 # %% ../nbs/11_datasets.ipynb #f79d277a
 LOADERS = {"folder": lambda root, splits=None, split=1, fold="train": load_folder(root)}
 
-def load_samples(format:str, root, splits=None, split:int=1, fold:str="train") -> Samples:
+def load_samples(format:str, root, splits=None, split:int=1, fold:str="train",
+                 group_pattern:str|None=None) -> Samples:   # names the recordings (`recording_id`) instead of the format's rule
     "Samples of `format` ('folder', 'hmdb51', 'ucf101') under `root`; `splits`/`split`/`fold` choose an official split."
     if format not in LOADERS: raise DataError(f"unknown dataset format {format!r}; use one of {', '.join(sorted(LOADERS))}")
-    return LOADERS[format](root, splits=splits, split=split, fold=fold)
+    if format == "folder": return load_folder(root, group_pattern)
+    s = LOADERS[format](root, splits=splits, split=split, fold=fold)
+    if group_pattern is not None:
+        s.groups = [recording_id(p, group_pattern, Path(p).parent) or p for p in s.paths]
+    return s
 
 # %% ../nbs/11_datasets.ipynb #a53d6054
 def _check_split_fold(split, fold) -> int:
@@ -114,6 +151,15 @@ def find_splits(root, splits, subdir:str, has_files, what:str) -> Path:
                         "of your own use --format folder; for the official one, extract its split archive there or pass --splits")
     raise DataError(f"{what} not found (looked in {where}); extract the official split archive there "
                     f"or pass its folder with --splits (splits=)")
+
+def has_split_files(format:str, root, splits=None) -> bool:
+    "True when `load_samples(format, root, splits)` finds the official split files (always for formats without any)."
+    where = {"hmdb51": ("testTrainMulti_7030_splits", lambda d: any(d.glob("*_test_split[123].txt"))),
+             "ucf101": ("ucfTrainTestlist", lambda d: (d/"classInd.txt").is_file())}
+    if format not in where: return True
+    try: find_splits(root, splits, *where[format], "split files")
+    except DataError: return False
+    return True
 
 def _looks_like_folder_dataset(root:Path) -> bool:
     "True when `root` has sub-folders that hold videos (a folder-per-class dataset)."
@@ -141,13 +187,11 @@ def _missing_error(missing, root, what:str):
                      f"(listed in {src}); re-extract the dataset (har-colab prepare) or point --data at the right folder")
 
 # %% ../nbs/11_datasets.ipynb #d7ac2cb4
-_HMDB_CLIP = re.compile(r"^(.+)_\d+$")
 HMDB51_TAGS = {"train": 1, "test": 2}
 
 def hmdb51_group(path) -> str:
     "The source recording of an HMDB51 clip: its name without the trailing `_<n>`."
-    m = _HMDB_CLIP.match(Path(path).stem)
-    return str(Path(path).parent/m.group(1)) if m else str(path)
+    return recording_id(path, RECORDING_PATTERNS["hmdb51"]) or str(path)
 
 def load_hmdb51(root, splits=None, split:int=1, fold:str="train") -> Samples:
     "The `fold` ('train'/'test') videos of official HMDB51 split `split` (1-3)."

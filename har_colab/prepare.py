@@ -13,6 +13,7 @@ import posixpath
 import re
 import shutil
 import socket
+import ssl
 import stat
 import subprocess
 import tarfile
@@ -26,11 +27,13 @@ from pathlib import Path
 from tqdm.auto import tqdm
 
 from .core import DataError
+from .env import in_colab, local_home, mount_drive
 
 # %% auto #0
-__all__ = ['Member', 'MARKER', 'NESTED_SUFFIXES', 'CopyStats', 'LAYOUT', 'parse_checksum', 'file_digest', 'verify_checksum',
-           'drive_id', 'download_url', 'download_drive', 'fetch', 'archive_kind', 'archive_members', 'check_members',
-           'extract_archive', 'copy_to_local', 'prepare_dataset']
+__all__ = ['OfficialFile', 'OFFICIAL', 'Member', 'MARKER', 'NESTED_SUFFIXES', 'CopyStats', 'LAYOUT', 'parse_checksum',
+           'file_digest', 'verify_checksum', 'drive_id', 'ChecksumError', 'CertificateError', 'download_url',
+           'download_drive', 'fetch', 'official_url', 'official_downloads', 'fetch_official', 'archive_kind',
+           'archive_members', 'check_members', 'extract_archive', 'copy_to_local', 'prepare_dataset']
 
 # %% ../nbs/15_prepare.ipynb #a25e273c
 def parse_checksum(checksum:str) -> tuple:
@@ -75,54 +78,98 @@ def drive_id(source) -> str|None:
     return None
 
 # %% ../nbs/15_prepare.ipynb #0eb9c24e
-def _finish(part:Path, dest:Path, checksum, what) -> Path:
-    try: verify_checksum(part, checksum, what)
-    except DataError:
-        part.unlink(missing_ok=True); raise
+class ChecksumError(DataError):
+    "A download whose size or checksum is not the expected one (moved aside to `NAME.bad`)."
+
+def _verified(dest:Path) -> Path: return dest.with_name(dest.name + ".verified")
+
+def _set_aside(path:Path, dest:Path, why:str) -> ChecksumError:
+    "Move `path` to `DEST.bad` (replacing an older one) and return the error that says so."
+    bad = dest.with_name(dest.name + ".bad")
+    os.replace(path, bad); _verified(dest).unlink(missing_ok=True)
+    return ChecksumError(f"{why}; the file is set aside as {bad} (not used); run again to download it afresh")
+
+def _check(path:Path, dest:Path, checksum, size, what) -> Path:
+    "Raise `ChecksumError` (after moving `path` aside) unless `path` has `size` bytes and `checksum`; record that it does."
+    got = path.stat().st_size
+    if size is not None and got != size: raise _set_aside(path, dest, f"size mismatch for {what}: {got} bytes, expected {size}")
+    try: verify_checksum(path, checksum, what)
+    except DataError as e: raise _set_aside(path, dest, str(e).split("; ")[0]) from None
+    if checksum is not None: _verified(dest).write_text(json.dumps({"checksum": checksum, "bytes": got}) + "\n")
+    return path
+
+def _finish(part:Path, dest:Path, checksum, what, size=None) -> Path:
+    _check(part, dest, checksum, size, what)
     os.replace(part, dest)
     return dest
 
-def _have(dest:Path, checksum) -> bool:
-    "True when `dest` is already downloaded (and matches `checksum`); a mismatching file is removed."
+def _have(dest:Path, checksum, size=None) -> bool:
+    "True when `dest` is already downloaded with `size` and `checksum` (hashed once: see `DEST.verified`); a bad one is moved aside."
     if not dest.is_file(): return False
-    try: return verify_checksum(dest, checksum)
-    except DataError:
-        dest.unlink(); return False
+    n = dest.stat().st_size
+    try: rec = json.loads(_verified(dest).read_text())
+    except (OSError, ValueError): rec = None
+    if checksum is not None and rec == {"checksum": checksum, "bytes": n} and size in (None, n): return True
+    try: _check(dest, dest, checksum, size, dest.name)
+    except ChecksumError: return False
+    return True
 
 def _bar(progress, **kw):
     return tqdm(unit="B", unit_scale=True, unit_divisor=1024, leave=False, disable=True if not progress else None, **kw)
 
-def download_url(url:str, dest, checksum:str=None, progress:bool=True, timeout:float=60, chunk:int=1<<20) -> Path:
-    "Download `url` to `dest` (resuming `dest.part`), verify `checksum`; returns `dest`."
+def _fail_after() -> int|None:
+    "`HAR_COLAB_FAIL_DOWNLOAD_AFTER_BYTES`: break a download once its file holds this many bytes (fault injection)."
+    v = os.environ.get("HAR_COLAB_FAIL_DOWNLOAD_AFTER_BYTES")
+    return int(v) if v not in (None, "") else None
+
+class CertificateError(DataError):
+    "The server's TLS certificate does not verify."
+
+def download_url(url:str, dest, checksum:str=None, progress:bool=True, timeout:float=60, chunk:int=1<<20,
+                 size:int|None=None,        # the expected number of bytes, when known
+                 verify_tls:bool=True) -> Path:   # False: accept a certificate that does not verify (checksum checked after)
+    "Download `url` to `dest` (resuming `dest.part`), verify `size` and `checksum`; returns `dest`."
     dest = Path(dest); part = dest.with_name(dest.name + ".part")
-    if _have(dest, checksum): return dest
+    if _have(dest, checksum, size): return dest
     dest.parent.mkdir(parents=True, exist_ok=True)
     offset = part.stat().st_size if part.exists() else 0
     headers = {"User-Agent": "har-colab"}
     if offset: headers["Range"] = f"bytes={offset}-"
-    try: resp = urllib.request.urlopen(urllib.request.Request(url, headers=headers), timeout=timeout)
+    context = None if verify_tls else ssl._create_unverified_context()
+    try: resp = urllib.request.urlopen(urllib.request.Request(url, headers=headers), timeout=timeout, context=context)
     except urllib.error.HTTPError as e:
         if e.code == 416 and offset:                     # the .part is already whole (or longer than the file)
             m = re.search(r"/(\d+)", e.headers.get("Content-Range", ""))
-            if m and int(m.group(1)) == offset: return _finish(part, dest, checksum, url)
-            part.unlink(); return download_url(url, dest, checksum, progress, timeout, chunk)
+            if m and int(m.group(1)) == offset: return _finish(part, dest, checksum, url, size)
+            part.unlink(); return download_url(url, dest, checksum, progress, timeout, chunk, size, verify_tls)
         raise DataError(f"download of {url} failed: HTTP {e.code} {e.reason}; check the URL") from None
     except (urllib.error.URLError, OSError) as e:
-        raise DataError(f"cannot download {url}: {getattr(e, 'reason', e)}; check the URL and the network") from None
+        why = getattr(e, "reason", e)
+        if isinstance(why, ssl.SSLCertVerificationError):
+            raise CertificateError(f"cannot download {url}: its server's certificate does not verify ({why.verify_message}); "
+                                   "download it in a browser and give its path") from None
+        raise DataError(f"cannot download {url}: {why}; check the URL and the network") from None
+    interrupted = f"download of {url} interrupted ({{}}); run again to resume from {part}"
     with resp:
         m = re.match(r"bytes (\d+)-", resp.headers.get("Content-Range", ""))
         if not (offset and resp.status == 206 and m and int(m.group(1)) == offset): offset = 0   # restart
         length = resp.headers.get("Content-Length")
-        total = offset + int(length) if length is not None else None
+        total = offset + int(length) if length is not None else size
+        fail_at = _fail_after()
+        if fail_at is not None and offset >= fail_at: fail_at = None
         with open(part, "ab" if offset else "wb") as f, _bar(progress, total=total, initial=offset, desc=dest.name) as bar:
             try:
+                pos = offset
                 while block := resp.read(chunk):
-                    f.write(block); bar.update(len(block))
+                    if fail_at is not None and pos + len(block) >= fail_at:
+                        f.write(block[:fail_at - pos])
+                        raise DataError(interrupted.format(f"HAR_COLAB_FAIL_DOWNLOAD_AFTER_BYTES={fail_at}"))
+                    f.write(block); bar.update(len(block)); pos += len(block)
             except (http.client.HTTPException, OSError, socket.timeout) as e:
-                raise DataError(f"download of {url} interrupted ({type(e).__name__}); run again to resume from {part}") from None
+                raise DataError(interrupted.format(type(e).__name__)) from None
     if total is not None and part.stat().st_size != total:
         raise DataError(f"download of {url} interrupted at {part.stat().st_size} of {total} bytes; run again to resume from {part}")
-    return _finish(part, dest, checksum, url)
+    return _finish(part, dest, checksum, url, size)
 
 def download_drive(file_id:str, dest, checksum:str=None, progress:bool=True) -> Path:
     "Download Google Drive file `file_id` to `dest` with `gdown` (which resumes its own partial file); verify `checksum`."
@@ -151,6 +198,55 @@ def fetch(source, downloads, checksum:str=None, progress:bool=True) -> Path:
     if not p.exists(): raise DataError(f"source not found: {s}; give a local archive or folder, an http(s) URL or a Google Drive id/link")
     if p.is_file(): verify_checksum(p, checksum)
     return p
+
+# %% ../nbs/15_prepare.ipynb #df903848
+OfficialFile = namedtuple("OfficialFile", "url size checksum about")   # size: exact bytes, when a public source lists it
+
+# Checksums, with their public sources:
+# - hmdb51_org.rar md5 517d6f1f...: DeepMind's brave/download_hmdb.py (MD5_OF_VIDEOS_FILE), the same value in a second
+#   public download script;
+# - test_train_splits.rar md5 15e67781...: torchvision.datasets.HMDB51.splits["md5"] (also brave's MD5_OF_SPLITS_FILE);
+# - UCF101TrainTestSplits-RecognitionTask.zip, 113943 bytes, sha256 5c0d1a53...: tensorflow-datasets,
+#   url_checksums/ucf101.txt;
+# - UCF101.rar: no checksum we could confirm in two public sources (6.5 GB); the server's Content-Length is checked.
+OFFICIAL = {
+    "hmdb51": {"videos": OfficialFile("https://serre-lab.clps.brown.edu/wp-content/uploads/2013/10/hmdb51_org.rar",
+                                      None, "md5:517d6f1f19f215c45cdd4d25356be1fb", "about 2 GB"),
+               "splits": OfficialFile("https://serre-lab.clps.brown.edu/wp-content/uploads/2013/10/test_train_splits.rar",
+                                      None, "md5:15e67781e70dcfbdce2d7dbb9b3344b5", "under 1 MB")},
+    "ucf101": {"videos": OfficialFile("https://www.crcv.ucf.edu/datasets/human-actions/ucf101/UCF101.rar",
+                                      None, None, "about 6.5 GB"),
+               "splits": OfficialFile("https://www.crcv.ucf.edu/wp-content/uploads/2019/03/UCF101TrainTestSplits-RecognitionTask.zip",
+                                      113943, "sha256:5c0d1a53b8ed364a2ac830a73f405e51bece7d98ce1254fd19ed4a36b224bd27", "under 1 MB")}}
+
+def official_url(url:str) -> str:
+    "`url`, with its scheme and host replaced by `$HAR_COLAB_OFFICIAL_MIRROR` when that is set."
+    mirror = os.environ.get("HAR_COLAB_OFFICIAL_MIRROR", "").strip().rstrip("/")
+    if not mirror: return url
+    return mirror + urllib.parse.urlparse(url).path
+
+def official_downloads() -> Path:
+    "Where official archives are kept: Drive in Colab (`MyDrive/har_colab/downloads`, mounted if needed), else `$HAR_COLAB_HOME/downloads`."
+    return (mount_drive()/"har_colab" if in_colab() else local_home())/"downloads"
+
+def fetch_official(kind:str, what:str, downloads=None, checksum:str=None, progress:bool=True, echo=print) -> Path:
+    "The official `what` ('videos' or 'splits') archive of `kind`, downloaded once into `downloads` (`official_downloads()`)."
+    if kind not in OFFICIAL: raise DataError(f"--source official is for {' and '.join(OFFICIAL)}; give the archive, folder, URL or Drive id of your {kind} dataset")
+    f = OFFICIAL[kind][what]
+    dest = Path(downloads or official_downloads())/Path(urllib.parse.urlparse(f.url).path).name
+    if not dest.is_file() and echo: echo(f"downloading {dest.name} ({f.about}) from {f.url} to {dest.parent} (kept there: "
+                                          "an interrupted download resumes, a finished one is not downloaded again)")
+    url, checksum = official_url(f.url), checksum or f.checksum
+    try:
+        try: return download_url(url, dest, checksum, progress, size=f.size)
+        except CertificateError as e:       # university servers' certificate chains often do not verify outside browsers
+            if echo: echo(f"{e.args[0].split('; ')[0]}; downloading it anyway, " + (
+                "its checksum is checked after" if checksum else "its size is checked after (no published checksum)"))
+            return download_url(url, dest, checksum, progress, size=f.size, verify_tls=False)
+    except ChecksumError as e:
+        flag = "--source" if what == "videos" else "--splits-source"
+        raise ChecksumError(f"{e} (if this repeats, the file on the server changed: download {f.url} in a browser and "
+                            f"give its path with {flag})") from None
 
 # %% ../nbs/15_prepare.ipynb #52ae6994
 def archive_kind(path) -> str|None:
@@ -314,20 +410,42 @@ def _materialise(src:Path, dest:Path, strip, progress) -> Path:
         return dest
     return extract_archive(src, dest, strip=strip, progress=progress)
 
-def prepare_dataset(kind:str, source, out, checksum:str=None, splits_source=None, progress:bool=True) -> Path:
-    "Download / verify / extract `source` (and `splits_source`) under `out`; returns the root for `load_samples(kind, root)`."
-    from har_colab.datasets import load_samples
+def _is_official(source) -> bool: return str(source).strip().lower() == "official"
+
+def _splits_missing(kind:str, source, out:Path, root:Path) -> str:
+    "The line that says which split archive is missing, where it comes from, and the command that adds it."
+    f = OFFICIAL[kind]["splits"]; name = Path(urllib.parse.urlparse(f.url).path).name
+    src = "official" if _is_official(source) else str(source)
+    return (f"{kind} videos ready in {root}, but its official split files are still missing: {name} ({f.url}); add them "
+            f"with: har-colab prepare {kind} --source {src} --out {out} --splits-source official (or the path of {name}; "
+            "Python: prepare_dataset(..., splits_source='official'))")
+
+def prepare_dataset(kind:str, source, out, checksum:str=None, splits_source=None, progress:bool=True,
+                    downloads=None,   # where downloads are kept (default: official_downloads() for 'official', else out/downloads)
+                    echo=print) -> Path:   # told what is downloaded, and what is still missing
+    """Download / verify / extract `source` (and `splits_source`) under `out`; returns the root for `load_samples(kind, root)`.
+    `source='official'`: the official archives of hmdb51 / ucf101 (`OFFICIAL`), and their split archive unless given."""
+    from har_colab.datasets import has_split_files, load_samples
     if kind not in LAYOUT: raise DataError(f"unknown dataset kind {kind!r}; use one of {', '.join(LAYOUT)}")
-    out = Path(out).expanduser(); out.mkdir(parents=True, exist_ok=True)
-    downloads = out/"downloads"
-    src = fetch(source, downloads, checksum, progress)
     videos, splits = LAYOUT[kind]
+    if splits_source is not None and splits is None:
+        raise DataError("--splits-source is for hmdb51 and ucf101; a folder dataset has no official splits")
+    out = Path(out).expanduser()
+    if _is_official(source):
+        src = fetch_official(kind, "videos", downloads, checksum, progress, echo)
+        if splits_source is None: splits_source = "official"
+    else: src = None
+    out.mkdir(parents=True, exist_ok=True)
+    local_downloads = Path(downloads) if downloads is not None else out/"downloads"
+    if src is None: src = fetch(source, local_downloads, checksum, progress)
+    if splits_source is not None:      # both downloads before extracting: a dead session loses no download time
+        ssrc = fetch_official(kind, "splits", downloads, None, progress, echo) if _is_official(splits_source) \
+               else fetch(splits_source, local_downloads, None, progress)
     root = _materialise(src, out/(videos or _stem(src)), "auto", progress)
-    if splits_source is not None:
-        if splits is None: raise DataError("--splits-source is for hmdb51 and ucf101; a folder dataset has no official splits")
-        _materialise(fetch(splits_source, downloads, None, progress), out/splits, True, progress)
+    if splits_source is not None: _materialise(ssrc, out/splits, True, progress)
+    if splits is not None and not has_split_files(kind, root):
+        if echo: echo(_splits_missing(kind, source, out, root))
+        return root
     try: load_samples(kind, root)
-    except DataError as e:
-        hint = " (give the split archive with --splits-source)" if splits and "split files" in str(e) else ""
-        raise DataError(f"{kind} extracted to {root} but is not usable: {e}{hint}") from None
+    except DataError as e: raise DataError(f"{kind} extracted to {root} but is not usable: {e}") from None
     return root

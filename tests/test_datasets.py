@@ -186,3 +186,95 @@ def test_hmdb51_subset_keeps_every_class_and_ignores_listing_order(tmp_path, mon
     assert not set(tr.groups) & set(va.groups) and len(va) > 0
     assert all(c >= 1 for c in tr.counts())
     assert all(abs(v - 0.2 * n) <= 4 for v, n in zip(va.counts(), full.counts()))
+
+
+# ---------------------------------------------------------------- which clips are one recording (folder format)
+def clips(root, names):
+    "Empty clip files under root (names relative to it)."
+    for n in names:
+        (Path(root) / n).parent.mkdir(parents=True, exist_ok=True); (Path(root) / n).write_bytes(b"")
+    return Path(root)
+
+
+def assert_grouped(tr, va, recording):
+    "No recording on both sides, and every recording whole on its side."
+    rec = lambda s: {recording(p) for p in s.paths}
+    assert not rec(tr) & rec(va) and not set(tr.groups) & set(va.groups)
+    assert len(va) > 0 and all(c >= 1 for c in tr.counts())
+
+
+def test_group_pattern_keeps_a_users_takes_on_one_side(tmp_path):
+    root = clips(tmp_path / "d", [f"{c}/cam{cam}_take{t}_{k:04d}.mp4" for c in ("walk", "run") for cam in (1, 2)
+                                  for t in range(1, 6) for k in range(1, 5)])
+    plain = load_samples("folder", root)
+    assert len(set(plain.groups)) == len(plain)                    # without a rule: each file alone ...
+    tr, va = train_val_split(plain, 0.2, seed=0)
+    take = lambda p: (Path(p).parent.name, Path(p).stem.rsplit("_", 1)[0])
+    assert {take(p) for p in tr.paths} & {take(p) for p in va.paths}   # ... and the takes straddle the split
+    s = load_samples("folder", root, group_pattern=r"^(cam\d+_take\d+)")
+    assert len(set(s.groups)) == 2 * 2 * 5 and s.groups[0] == str(root / "run" / "cam1_take1")
+    for seed in range(5):
+        tr, va = train_val_split(s, 0.2, seed=seed)
+        assert_grouped(tr, va, take)
+        assert va.counts() == [8, 8]                               # 2 takes of 4 clips per class: 20%
+
+
+def test_a_sub_folder_per_recording_keeps_its_clips_together(tmp_path):
+    root = clips(tmp_path / "d", [f"{c}/session_{r}/{sub}clip{k}.mp4" for c in ("jump", "sit") for r in range(6)
+                                  for k in range(3) for sub in ("", "x/")])
+    s = load_samples("folder", root)
+    assert len(set(s.groups)) == 12 and s.groups[0] == str(root / "jump" / "session_0")   # deeper files too
+    tr, va = train_val_split(s, 0.3, seed=1)
+    assert_grouped(tr, va, lambda p: Path(p).relative_to(root).parts[:2])
+    assert all(n % 6 == 0 for n in va.counts())
+
+
+def test_group_pattern_that_misses_files_says_so_once(tmp_path):
+    root = clips(tmp_path / "d", ["a/take1_1.mp4", "a/take1_2.mp4", "a/odd.mp4", "b/take2_1.mp4", "b/weird.mp4"])
+    with pytest.warns(UserWarning) as w: s = load_samples("folder", root, group_pattern=r"take\d+")   # no group: the match
+    assert len(w) == 1 and "does not match 2 of 5 file names" in str(w[0].message) and "recording of its own" in str(w[0].message)
+    g = dict(zip((Path(p).name for p in s.paths), s.groups))
+    assert g["take1_1.mp4"] == g["take1_2.mp4"] == str(root / "a" / "take1") and g["odd.mp4"] == str(root / "a" / "odd.mp4")
+    with pytest.raises(Exception) as e: load_samples("folder", root, group_pattern="take(")
+    assert "not a valid regular expression" in str(e.value) and one_line(e)
+
+
+def test_official_recording_rules_are_reusable(tmp_path):
+    from har_colab.datasets import RECORDING_PATTERNS, recording_id
+    root, _ = make_hmdb51(tmp_path, classes=2, recordings=4, clips=3)
+    s = load_samples("hmdb51", root)
+    assert s.groups == [recording_id(p, RECORDING_PATTERNS["hmdb51"]) for p in s.paths]
+    tr, va = train_val_split(s, 0.25, seed=0)                      # a validation set out of the official training split
+    assert not set(tr.groups) & set(va.groups)
+    root, _ = make_ucf101(tmp_path / "u")
+    s = load_samples("ucf101", root)
+    assert s.groups == [recording_id(p, RECORDING_PATTERNS["ucf101"]) for p in s.paths] and len(set(s.groups)) == 4 * 4
+
+
+def test_cli_group_pattern_reaches_config_json_and_the_split(tmp_path):
+    import json, shutil
+    from conftest import run_cli
+    from har_colab.synthetic import make_synthetic_dataset
+    made = make_synthetic_dataset(tmp_path / "made", classes=2, videos_per_class=12, frames=10, size=(32, 32))
+    data = tmp_path / "mine"
+    for c in sorted(p.name for p in made.iterdir() if p.is_dir()):
+        for i, v in enumerate(sorted((made / c).glob("*.mp4"))):
+            (data / c).mkdir(parents=True, exist_ok=True); shutil.copy(v, data / c / f"cam1_take{i // 3}_{i % 3:04d}.mp4")
+    run = tmp_path / "run"
+    args = ["train", "--run-dir", run, "--data", data, "--model", "tiny3d", "--no-pretrained", "--epochs", "1",
+            "--max-steps-per-epoch", "1", "--batch-size", "2", "--workers", "0", "--val-fraction", "0.25", "--eval-clips", "1",
+            "--no-plot", "--no-tensorboard", "--no-progress", "--cache", "none"]
+    import contextlib, io
+    from har_colab.cli import main
+    err = io.StringIO()
+    with contextlib.redirect_stderr(err):                              # a refusal (it never trains): in this process
+        assert main([str(a) for a in args] + ["--group-pattern", "^(cam\\d+_take\\d+"]) == 2
+    assert len(err.getvalue().strip().splitlines()) == 1 and "not a valid regular expression" in err.getvalue()
+    assert not run.exists()
+    r = run_cli(*args, "--group-pattern", "^(cam\\d+_take\\d+)", timeout=600)
+    assert r.returncode == 0, r.stdout[-2000:] + r.stderr[-2000:]
+    assert json.loads((run / "config.json").read_text())["group_pattern"] == "^(cam\\d+_take\\d+)"
+    saved = json.loads((run / "samples.json").read_text())
+    take = lambda p: (Path(p).parent.name, Path(p).stem.rsplit("_", 1)[0])
+    tr, va = ({take(p) for p in saved[k]["paths"]} for k in ("train", "val"))
+    assert va and not tr & va and len(tr | va) == 8                 # 4 takes per class, each on one side

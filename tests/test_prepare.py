@@ -101,11 +101,17 @@ def test_prepare_hmdb51_rar_of_rars(tmp_path):
 
 
 @needs_unar
-def test_prepare_hmdb51_without_splits_says_what_to_do(tmp_path):
-    org, _ = hmdb51_archives(tmp_path / "src")
-    with pytest.raises(DataError) as e: prepare_dataset("hmdb51", org, tmp_path / "data", progress=False)
-    assert "--splits-source" in str(e.value) and "testTrainMulti_7030_splits" in str(e.value)
-    assert len(str(e.value).splitlines()) == 1
+def test_prepare_hmdb51_without_splits_extracts_and_says_what_is_missing(tmp_path):
+    org, splits = hmdb51_archives(tmp_path / "src")
+    notes = []
+    root = prepare_dataset("hmdb51", org, tmp_path / "data", progress=False, echo=notes.append)
+    assert root == tmp_path / "data" / "hmdb51" and (root / "cartwheel" / HMDB["cartwheel"][0]).is_file()
+    assert len(notes) == 1 and len(notes[0].splitlines()) == 1
+    assert "still missing: test_train_splits.rar" in notes[0] and prep.OFFICIAL["hmdb51"]["splits"].url in notes[0]
+    assert f"--source {org} --out {tmp_path / 'data'} --splits-source official" in notes[0]
+    # the command it names adds them (here with the local archive): nothing is extracted twice
+    assert prepare_dataset("hmdb51", org, tmp_path / "data", splits_source=splits, progress=False, echo=notes.append) == root
+    assert len(notes) == 1 and len(load_samples("hmdb51", root, fold="test")) == 3
 
 
 @needs_unar
@@ -121,6 +127,18 @@ def test_cli_prepare_hmdb51(tmp_path):
     bad = subprocess.run(cmd[:6] + [str(tmp_path / "nope.rar"), "--out", "d2"], cwd=tmp_path, env=env,
                          capture_output=True, text=True, timeout=120)
     assert bad.returncode == 2 and len(bad.stderr.strip().splitlines()) == 1 and "source not found" in bad.stderr
+
+
+@needs_unar
+def test_cli_prepare_videos_without_splits_is_exit_0(tmp_path, capsys):
+    from har_colab.cli import main
+    org, _ = hmdb51_archives(tmp_path / "src")
+    assert main(["prepare", "hmdb51", "--source", str(org), "--out", str(tmp_path / "d")]) == 0     # in-process: seconds
+    out = capsys.readouterr().out
+    assert "still missing: test_train_splits.rar" in out and "dataset ready" not in out
+    assert (tmp_path / "d" / "hmdb51" / "cartwheel").is_dir()
+    assert main(["prepare", "folder", "--source", "official", "--out", str(tmp_path / "x")]) == 2
+    assert "--source official is for hmdb51 and ucf101" in capsys.readouterr().err
 
 
 @needs_unar
@@ -209,7 +227,7 @@ def test_failed_extraction_leaves_no_folder_under_the_final_name(tmp_path, monke
 
 # ---------------------------------------------------------------- HTTP downloads on 127.0.0.1
 class Server:
-    "A loopback HTTP server: /f/NAME honours Range, /norange/NAME ignores it, /cut/NAME sends half then hangs up once."
+    "A loopback HTTP server: /f/NAME honours Range, /norange/NAME ignores it, /cut/NAME sends half then hangs up once; /NAME as /f/NAME."
     def __init__(self, files):
         self.files, self.ranges, self.cut_done = files, [], set()
         srv = self
@@ -217,6 +235,7 @@ class Server:
             def log_message(self, *a): pass
             def do_GET(self):
                 _, mode, name = self.path.split("/", 2)
+                if mode not in ("f", "norange", "cut"): mode, name = "f", self.path[1:]     # /<path>: a mirror
                 data = srv.files.get(name)
                 if data is None: return self.send_error(404)
                 rng = self.headers.get("Range"); srv.ranges.append((self.path, rng))
@@ -272,7 +291,9 @@ def test_download_checksum_mismatch_leaves_no_file(tmp_path, server):
     dest = tmp_path / "data.bin"
     with pytest.raises(DataError) as e: download_url(server.url + "/f/data.bin", dest, checksum="0" * 64, progress=False)
     assert "checksum mismatch" in str(e.value) and len(str(e.value).splitlines()) == 1
-    assert list(tmp_path.iterdir()) == []
+    assert "set aside as" in str(e.value) and "run again" in str(e.value)
+    assert [p.name for p in tmp_path.iterdir()] == ["data.bin.bad"]    # moved aside, never under the good name
+    assert (tmp_path / "data.bin.bad").read_bytes() == server.files["data.bin"]
     with pytest.raises(DataError, match="HTTP 404"): download_url(server.url + "/f/missing.bin", dest, progress=False)
 
 
@@ -284,7 +305,7 @@ def test_prepare_from_url_with_checksum(tmp_path, server):
     assert load_samples("folder", root).class_names == ["run", "walk"]
     with pytest.raises(DataError, match="checksum mismatch"):
         prepare_dataset("folder", server.url + "/f/motion.zip", tmp_path / "d2", checksum="md5:" + "0" * 32, progress=False)
-    assert list((tmp_path / "d2" / "downloads").iterdir()) == []
+    assert [p.name for p in (tmp_path / "d2" / "downloads").iterdir()] == ["motion.zip.bad"]
 
 
 # ---------------------------------------------------------------- Google Drive
@@ -314,3 +335,149 @@ def test_drive_failure_is_one_line(tmp_path, monkeypatch):
     monkeypatch.setattr(gdown, "download", fail)
     with pytest.raises(DataError) as e: prepare_dataset("hmdb51", FID, tmp_path / "data", progress=False)
     assert FID in str(e.value) and "Anyone with the link" in str(e.value) and len(str(e.value).splitlines()) == 1
+
+
+# ---------------------------------------------------------------- --source official, from a loopback mirror
+HMDB_VIDEOS = "wp-content/uploads/2013/10/hmdb51_org.rar"
+HMDB_SPLITS = "wp-content/uploads/2013/10/test_train_splits.rar"
+
+
+@pytest.fixture
+def mirror(tmp_path, monkeypatch):
+    "The official HMDB51 archives (made here) on a loopback server that HAR_COLAB_OFFICIAL_MIRROR points at."
+    org, splits = hmdb51_archives(tmp_path / "made")
+    s = Server({HMDB_VIDEOS: org.read_bytes(), HMDB_SPLITS: splits.read_bytes()})
+    monkeypatch.setenv("HAR_COLAB_OFFICIAL_MIRROR", s.url)
+    yield s
+    s.httpd.shutdown(); s.httpd.server_close()
+
+
+def official_as_made(monkeypatch, server):
+    "OFFICIAL with the checksums of the archives the mirror serves (the real ones would not match them)."
+    md5 = lambda name: "md5:" + hashlib.md5(server.files[name]).hexdigest()
+    monkeypatch.setitem(prep.OFFICIAL, "hmdb51", {
+        "videos": prep.OFFICIAL["hmdb51"]["videos"]._replace(checksum=md5(HMDB_VIDEOS)),
+        "splits": prep.OFFICIAL["hmdb51"]["splits"]._replace(checksum=md5(HMDB_SPLITS), size=len(server.files[HMDB_SPLITS]))})
+
+
+def test_official_urls_sizes_and_checksums_are_the_published_ones():
+    o = prep.OFFICIAL
+    assert o["hmdb51"]["videos"].url == "https://serre-lab.clps.brown.edu/wp-content/uploads/2013/10/hmdb51_org.rar"
+    assert o["hmdb51"]["splits"].url == "https://serre-lab.clps.brown.edu/wp-content/uploads/2013/10/test_train_splits.rar"
+    assert o["ucf101"]["videos"].url == "https://www.crcv.ucf.edu/datasets/human-actions/ucf101/UCF101.rar"
+    assert o["ucf101"]["splits"].url == "https://www.crcv.ucf.edu/wp-content/uploads/2019/03/UCF101TrainTestSplits-RecognitionTask.zip"
+    assert o["hmdb51"]["splits"].checksum == "md5:15e67781e70dcfbdce2d7dbb9b3344b5"    # torchvision.datasets.HMDB51
+    assert o["ucf101"]["splits"].size == 113943                                       # tensorflow-datasets
+    for f in (f for k in o.values() for f in k.values()):
+        if f.checksum: prep.parse_checksum(f.checksum)
+
+
+@needs_unar
+def test_official_download_is_interrupted_resumed_kept_and_not_repeated(tmp_path, monkeypatch, mirror):
+    official_as_made(monkeypatch, mirror)
+    videos = mirror.files[HMDB_VIDEOS]
+    downloads = tmp_path / "home" / "downloads"                        # $HAR_COLAB_HOME/downloads outside Colab
+    monkeypatch.setenv("HAR_COLAB_FAIL_DOWNLOAD_AFTER_BYTES", str(len(videos) // 3))
+    with pytest.raises(DataError) as e: prepare_dataset("hmdb51", "official", tmp_path / "data", progress=False, echo=None)
+    assert "interrupted" in str(e.value) and "run again to resume" in str(e.value) and len(str(e.value).splitlines()) == 1
+    part = downloads / "hmdb51_org.rar.part"
+    assert part.read_bytes() == videos[:len(videos) // 3] and not (tmp_path / "data" / "hmdb51").exists()
+    monkeypatch.delenv("HAR_COLAB_FAIL_DOWNLOAD_AFTER_BYTES")           # (set, it would break the split archive too)
+    said = []
+    root = prepare_dataset("hmdb51", "official", tmp_path / "data", progress=False, echo=said.append)
+    assert ("/" + HMDB_VIDEOS, f"bytes={len(videos) // 3}-") in mirror.ranges     # asked only for the rest
+    assert (downloads / "hmdb51_org.rar").read_bytes() == videos and not part.exists()
+    assert (downloads / "test_train_splits.rar").is_file() and (downloads / "hmdb51_org.rar.verified").is_file()
+    assert any("downloading test_train_splits.rar" in m for m in said)
+    assert root == tmp_path / "data" / "hmdb51" and len(load_samples("hmdb51", root, fold="test")) == 3
+    # a new session (fresh local disk): the archives on Drive are neither downloaded nor hashed again, only extracted
+    n = len(mirror.ranges)
+    monkeypatch.setattr(prep, "file_digest", lambda *a, **k: pytest.fail("hashed a verified archive again"))
+    root2 = prepare_dataset("hmdb51", "official", tmp_path / "vm2", progress=False, echo=None)
+    assert len(mirror.ranges) == n and len(load_samples("hmdb51", root2)) == 4
+
+
+def test_official_archive_with_a_wrong_size_or_checksum_is_set_aside(tmp_path, monkeypatch, mirror):
+    official_as_made(monkeypatch, mirror)
+    f = prep.OFFICIAL["hmdb51"]["splits"]
+    monkeypatch.setitem(prep.OFFICIAL["hmdb51"], "splits", f._replace(size=f.size + 1))
+    dl = tmp_path / "dl"
+    with pytest.raises(prep.ChecksumError) as e: prep.fetch_official("hmdb51", "splits", dl, progress=False, echo=None)
+    assert f"size mismatch for {mirror.url}/{HMDB_SPLITS}" in str(e.value) and "--splits-source" in str(e.value)
+    assert sorted(p.name for p in dl.iterdir()) == ["test_train_splits.rar.bad"]
+    monkeypatch.setitem(prep.OFFICIAL["hmdb51"], "splits", f._replace(checksum="md5:" + "0" * 32))
+    with pytest.raises(prep.ChecksumError, match="checksum mismatch"): prep.fetch_official("hmdb51", "splits", dl, progress=False, echo=None)
+    assert sorted(p.name for p in dl.iterdir()) == ["test_train_splits.rar.bad"]
+    monkeypatch.setitem(prep.OFFICIAL["hmdb51"], "splits", f)
+    assert prep.fetch_official("hmdb51", "splits", dl, progress=False, echo=None).read_bytes() == mirror.files[HMDB_SPLITS]
+    # a good file that went bad on disk since: found, checked, set aside and downloaded again
+    (dl / "test_train_splits.rar.verified").unlink(); (dl / "test_train_splits.rar").write_bytes(b"x" * f.size)
+    assert prep.fetch_official("hmdb51", "splits", dl, progress=False, echo=None).read_bytes() == mirror.files[HMDB_SPLITS]
+
+
+def test_cli_prepare_official_resumes_and_refuses_a_wrong_checksum(tmp_path, mirror):
+    "In a subprocess with the real checksums: the made archive is not the published one, so it must be refused."
+    videos = mirror.files[HMDB_VIDEOS]
+    env = dict(os.environ, PYTHONPATH=str(REPO), HAR_COLAB_OFFICIAL_MIRROR=mirror.url, HAR_COLAB_HOME=str(tmp_path / "home"),
+               HAR_COLAB_FAIL_DOWNLOAD_AFTER_BYTES=str(len(videos) // 2))
+    cmd = [sys.executable, "-m", "har_colab.cli", "prepare", "hmdb51", "--source", "official", "--out", "data"]
+    r = subprocess.run(cmd, cwd=tmp_path, env=env, capture_output=True, text=True, timeout=120)
+    assert r.returncode == 2 and len(r.stderr.strip().splitlines()) == 1 and "interrupted" in r.stderr, r.stderr
+    assert "downloading hmdb51_org.rar (about 2 GB)" in r.stdout
+    dl = tmp_path / "home" / "downloads"
+    assert (dl / "hmdb51_org.rar.part").stat().st_size == len(videos) // 2
+    r = subprocess.run(cmd, cwd=tmp_path, env=env, capture_output=True, text=True, timeout=120)
+    assert r.returncode == 2 and len(r.stderr.strip().splitlines()) == 1, r.stderr
+    assert "checksum mismatch" in r.stderr and "517d6f1f19f215c45cdd4d25356be1fb" in r.stderr and "hmdb51_org.rar.bad" in r.stderr
+    assert ("/" + HMDB_VIDEOS, f"bytes={len(videos) // 2}-") in mirror.ranges
+    assert sorted(p.name for p in dl.iterdir()) == ["hmdb51_org.rar.bad"]   # never kept as good
+    assert (dl / "hmdb51_org.rar.bad").read_bytes() == videos and not (tmp_path / "data" / "hmdb51").exists()
+
+
+@needs_unar
+def test_prepare_ucf101_official(tmp_path, monkeypatch):
+    classes = ["ApplyEyeMakeup", "YoYo"]
+    vids = {c: [f"v_{c}_g{g:02d}_c01.avi" for g in (1, 2, 8, 9)] for c in classes}
+    rar = rar4([("UCF-101", None)] + [(f"UCF-101/{c}/{v}", b"x") for c in classes for v in vids[c]])
+    buf = io.BytesIO()
+    with zipfile.ZipFile(buf, "w") as z:
+        z.writestr("ucfTrainTestlist/classInd.txt", "1 ApplyEyeMakeup\r\n2 YoYo\r\n")
+        z.writestr("ucfTrainTestlist/trainlist01.txt", "".join(f"{c}/{v} {i + 1}\r\n" for i, c in enumerate(classes) for v in vids[c][2:]))
+        z.writestr("ucfTrainTestlist/testlist01.txt", "".join(f"{c}/{v}\r\n" for c in classes for v in vids[c][:2]))
+    o = prep.OFFICIAL["ucf101"]
+    path = lambda f: f.url.split("://", 1)[1].split("/", 1)[1]
+    s = Server({path(o["videos"]): rar, path(o["splits"]): buf.getvalue()})
+    try:
+        monkeypatch.setenv("HAR_COLAB_OFFICIAL_MIRROR", s.url)
+        monkeypatch.setitem(prep.OFFICIAL["ucf101"], "splits", o["splits"]._replace(
+            size=len(buf.getvalue()), checksum=hashlib.sha256(buf.getvalue()).hexdigest()))
+        root = prepare_dataset("ucf101", "official", tmp_path / "data", downloads=tmp_path / "drive", progress=False, echo=None)
+        assert root == tmp_path / "data" / "UCF-101" and sorted(p.name for p in (tmp_path / "drive").iterdir()) == [
+            "UCF101.rar", "UCF101TrainTestSplits-RecognitionTask.zip", "UCF101TrainTestSplits-RecognitionTask.zip.verified"]
+        assert load_samples("ucf101", root, fold="test").labels == [0, 0, 1, 1]
+    finally:
+        s.httpd.shutdown(); s.httpd.server_close()
+
+
+@pytest.mark.skipif(shutil.which("openssl") is None, reason="needs openssl to make a certificate")
+def test_official_server_whose_certificate_does_not_verify(tmp_path, monkeypatch, mirror):
+    "A self-signed loopback HTTPS server: refused by a plain download, accepted for an official archive with a checksum."
+    import ssl
+    official_as_made(monkeypatch, mirror)
+    key, cert = tmp_path / "k.pem", tmp_path / "c.pem"
+    subprocess.run(["openssl", "req", "-x509", "-newkey", "rsa:2048", "-nodes", "-keyout", str(key), "-out", str(cert),
+                    "-days", "1", "-subj", "/CN=127.0.0.1"], check=True, capture_output=True)
+    ctx = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER); ctx.load_cert_chain(cert, key)
+    https = Server(dict(mirror.files))
+    https.httpd.socket = ctx.wrap_socket(https.httpd.socket, server_side=True)
+    url = https.url.replace("http://", "https://")
+    try:
+        with pytest.raises(prep.CertificateError, match="certificate does not verify"):
+            download_url(f"{url}/{HMDB_SPLITS}", tmp_path / "plain" / "s.rar", progress=False)
+        monkeypatch.setenv("HAR_COLAB_OFFICIAL_MIRROR", url)
+        said = []
+        got = prep.fetch_official("hmdb51", "splits", tmp_path / "dl", progress=False, echo=said.append)
+        assert got.read_bytes() == mirror.files[HMDB_SPLITS]
+        assert any("downloading it anyway, its checksum is checked after" in m for m in said)
+    finally:
+        https.httpd.shutdown(); https.httpd.server_close()
