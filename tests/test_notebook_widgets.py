@@ -41,7 +41,8 @@ t.history = rows
 pc.after_validate(t)
 print(json.dumps(dict(ipywidgets=ipywidgets.__version__, tqdm=tqdm.__version__, ipython=IPython.__version__,
                       in_notebook=in_notebook(), widget_bar=isinstance(bar, tqdm_notebook), shown=shown, closed=cb.bar is None,
-                      warnings=[str(w.message) for w in caught])))
+                      warnings=[f"{w.category.__name__}: {w.message}" for w in caught           # what a user would see
+                                if not issubclass(w.category, (DeprecationWarning, PendingDeprecationWarning))])))
 """
 
 
