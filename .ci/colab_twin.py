@@ -19,8 +19,8 @@ Steps, each timed:
    ipywidgets 7, transformers 5.15, ...), the dev venv at constraints.txt's.
 The venv (.venv-colab) is kept between local runs while the list is unchanged: what earlier runs installed beyond the
 list is uninstalled and the list installed again, so a reused venv starts as a new one; under CI (CI=true) it is made
-anew. Python 3.13 comes from `HAR_COLAB_TWIN_PYTHON` or pyenv (`$(pyenv root)/versions/3.13.*`); without one it prints
-one SKIP line and exits 0.
+anew. Python 3.13 comes from `HAR_COLAB_TWIN_PYTHON` or pyenv (`$(pyenv root)/versions/3.13.*`); without one it checks
+the bounds (step 1), prints one SKIP line and exits 0.
 """
 import configparser
 import glob
