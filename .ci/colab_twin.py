@@ -1,18 +1,26 @@
-"""The Colab twin: har_colab installed the way a Colab notebook installs it, then tested as installed.
+"""The Colab twin: har_colab installed the way a Colab notebook installs it, into Colab's packages, then tested as installed.
 
-`make test-colab` (CI runs it after `make test`). Steps, each timed:
-1. a venv of Python 3.13 (Colab's) from pyenv, with Colab's preinstalled packages: torch, torchvision, torchcodec and
-   transformers at Colab's versions, tensorboard, ipykernel, nbclient, and the preinstalled packages that we also
-   require (numpy, matplotlib, ...) at the lowest version settings.ini claims, so those bounds are tested;
-2. our sdist and wheel built from this checkout (`python -m build`: the wheel is built from the sdist), `twine check`;
-3. the wheel installed with plain `pip install` and no constraints file, as the tutorials' install cell does; pip takes
-   the newest releases of what Colab lacks (PyAV, decord2, pytorchvideo, ...); Colab's packages must keep their versions;
-4. the same from the sdist (the installed files must be the wheel's);
-5. the non-slow test suite, copied outside the checkout so that it imports the installed package, which includes the
-   tutorial notebooks in SMOKE mode (tests/test_tutorials.py).
-The venv (.venv-colab) is kept between local runs while its Colab set is unchanged; under CI (CI=true) it is made anew.
-Python 3.13 comes from `HAR_COLAB_TWIN_PYTHON` or pyenv (`$(pyenv root)/versions/3.13.*`); without one it prints one
-SKIP line and exits 0.
+`make test-colab` (CI runs it after `make test`); `python .ci/colab_twin.py --install-only` stops after step 5.
+Steps, each timed:
+1. settings.ini's lower bounds never exceed Colab's versions: a requirement of ours or of an extra with a `>=` bound
+   above the version .ci/colab_image.txt pins fails, naming each;
+2. a venv of Python 3.13 (Colab's) from pyenv, holding Colab's image: Colab's pip, then .ci/colab_image.txt (Colab's
+   GPU image as far as our dependencies, extras and the notebook stack touch it, ipywidgets 7.7.1 included) with one
+   `pip install -r`; the versions it holds are recorded;
+3. our sdist and wheel built from this checkout (`python -m build`: the wheel is built from the sdist), `twine check`;
+4. the wheel installed with plain `pip install` and no constraints file, as the tutorials' install cell does; pip takes
+   the newest releases of what Colab lacks (PyAV, decord2, pytorchvideo, ...). Then, after an uninstall, the same from
+   the sdist (the installed files must be the wheel's), then each extra (hf, export, tensorboard, torchcodec) with
+   plain pip. After each install, every package of the list whose version pip changed is named (name, before, after)
+   and the twin fails: installing har_colab changes none of Colab's versions;
+5. the test tools (pytest, ...), which must not change the list's versions either;
+6. the non-slow test suite, copied outside the checkout so that it imports the installed package, which includes the
+   tutorial notebooks in SMOKE mode (tests/test_tutorials.py): the suite runs at Colab's versions (numpy 2.1,
+   ipywidgets 7, transformers 5.15, ...), the dev venv at constraints.txt's.
+The venv (.venv-colab) is kept between local runs while the list is unchanged: what earlier runs installed beyond the
+list is uninstalled and the list installed again, so a reused venv starts as a new one; under CI (CI=true) it is made
+anew. Python 3.13 comes from `HAR_COLAB_TWIN_PYTHON` or pyenv (`$(pyenv root)/versions/3.13.*`); without one it checks
+the bounds (step 1), prints one SKIP line and exits 0.
 """
 import configparser
 import glob
@@ -28,14 +36,16 @@ import time
 import zipfile
 from pathlib import Path
 
+from packaging.version import Version
+
 ROOT = Path(__file__).resolve().parent.parent
 VENV = ROOT / ".venv-colab"
-# Colab's runtime of 2026-08: Python 3.13, FFmpeg 4.4; PyAV, decord and pytorchvideo are not preinstalled
+IMAGE = ROOT / ".ci" / "colab_image.txt"         # Colab's GPU image (2026-08-19) as far as we touch it
 # Colab has the CUDA toolkit on the loader path; torchcodec's build links its NPP (libnppicc.so.13), which a pip-installed
-# torch does not bring: nvidia-npp of torch's CUDA 13.0, its folder on LD_LIBRARY_PATH (see `colab_env`)
-COLAB = ["torch==2.11.0", "torchvision==0.26.0", "torchcodec==0.11.0", "transformers==5.15.0", "tensorboard", "ipykernel",
-         "nbclient", "nvidia-npp==13.0.*"]
-LOWEST = ["numpy", "matplotlib", "ipywidgets", "tqdm", "gdown"]    # preinstalled in Colab and required by us
+# torch does not bring: nvidia-npp of torch's CUDA 13.0, its folder on LD_LIBRARY_PATH (see `colab_env`). Not Colab's
+# package (Colab's torch is a CUDA 12.8 build with the toolkit beside it), so not in the list
+TWIN_ONLY = ["nvidia-npp==13.0.*"]
+EXTRAS = ["hf", "export", "tensorboard", "torchcodec"]                             # setup.py's extras but dev
 TEST_TOOLS = ["pytest", "pytest-timeout", "pytest-xdist", "scikit-video"]          # what the suite needs beyond the package
 T0 = time.time()
 
@@ -64,44 +74,73 @@ def find_python():
     return (found[-1] if found else None), root
 
 
-def lowest_bounds():
-    "`name==lowest` for the LOWEST packages, read from settings.ini's requirements."
+def norm(name) -> str: return re.sub(r"[-_.]+", "-", name).lower()
+
+
+def image_pins() -> dict:
+    "name -> version of each `name==version` line of .ci/colab_image.txt."
+    pins = {}
+    for line in IMAGE.read_text().splitlines():
+        line = line.split(" #")[0].strip()
+        if not line or line.startswith("#"): continue
+        m = re.fullmatch(r"([A-Za-z0-9_.-]+)==([^\s;]+)", line)
+        if not m: sys.exit(f"colab twin: {IMAGE.name}: '{line}' is not name==version")
+        pins[norm(m[1])] = m[2]
+    return pins
+
+
+def bounds_above_image(pins) -> list:
+    "'key: name>=bound > Colab's version' for each lower bound in settings.ini (requirements and extras) above the list's."
     cfg = configparser.ConfigParser(delimiters=["="]); cfg.read(ROOT / "settings.ini")
-    bounds = dict(re.fullmatch(r"([A-Za-z0-9_.-]+)>=([0-9.]+)(?:,.*)?", r).groups()
-                  for r in cfg["DEFAULT"]["requirements"].split() if ">=" in r)
-    missing = [n for n in LOWEST if n not in bounds]
-    if missing: sys.exit(f"colab twin: settings.ini requirements has no lower bound for {missing}")
-    return [f"{n}=={bounds[n]}" for n in LOWEST]
+    keys = ["requirements"] + [f"{e}_requirements" for e in EXTRAS if cfg.has_option("DEFAULT", f"{e}_requirements")]
+    bad = []
+    for key in keys:
+        for req in cfg["DEFAULT"][key].split():
+            m = re.match(r"([A-Za-z0-9_.-]+)(?:\[.*\])?>=([^,;]+)", req)
+            if m and norm(m[1]) in pins and Version(m[2]) > Version(pins[norm(m[1])]):
+                bad.append(f"{key}: {req} > Colab's {pins[norm(m[1])]}")
+    return bad
 
 
 def versions(py) -> dict:
     out = run(py, "-m", "pip", "list", "--format=json", quiet=True).stdout
-    return {p["name"].lower().replace("_", "-"): p["version"] for p in json.loads(out)}
+    return {norm(p["name"]): p["version"] for p in json.loads(out)}
 
 
-def make_venv(python, preinstalled):
-    "The twin venv with Colab's packages, reused when it holds exactly `preinstalled` (never under CI)."
+def torch_runtime(name) -> bool:
+    "The CUDA runtime packages torch pins for itself (they differ between Colab's CUDA 12.8 build and PyPI's)."
+    return name.startswith(("nvidia-", "cuda-")) or name == "triton"
+
+
+def make_venv(python, pins):
+    "The twin venv with Colab's image; reused (never under CI) when made from the same list by the same Python."
     stamp = VENV / ".colab_set.json"
-    want = {"python": python, "packages": preinstalled}
+    want = {"python": python, "image": hashlib.sha256(IMAGE.read_bytes()).hexdigest()}
     py = VENV / "bin" / "python"
-    if os.environ.get("CI") != "true" and stamp.exists() and json.loads(stamp.read_text()) == want and py.exists():
-        run(py, "-m", "pip", "uninstall", "-y", "-q", "har_colab", quiet=True)
-        say(f"reusing {VENV.name} (Colab's set unchanged; CI makes it anew)")
-        return py
-    shutil.rmtree(VENV, ignore_errors=True)
-    run(python, "-m", "venv", VENV)
-    run(py, "-m", "pip", "install", "-q", "--upgrade", "pip", quiet=True)
-    say(f"installing Colab's set into {VENV.name}: {' '.join(preinstalled)}")
-    run(py, "-m", "pip", "install", "-q", *preinstalled, quiet=True)
+    reuse = os.environ.get("CI") != "true" and stamp.exists() and json.loads(stamp.read_text()) == want and py.exists()
+    if reuse:        # what earlier runs added (har_colab, its dependencies, the test tools) goes; the list comes back
+        extra = sorted(n for n in versions(py) if n not in pins and not torch_runtime(n) and n not in ("setuptools", "wheel"))
+        if extra: run(py, "-m", "pip", "uninstall", "-y", "-q", *extra, quiet=True)
+        say(f"reusing {VENV.name} (the list is unchanged; CI makes it anew): removed {len(extra)} packages installed since")
+    else:
+        shutil.rmtree(VENV, ignore_errors=True)
+        run(python, "-m", "venv", VENV)
+        say(f"installing Colab's image into {VENV.name}: {len(pins)} packages of {IMAGE.name}")
+    if "pip" in pins: run(py, "-m", "pip", "install", "-q", f"pip=={pins['pip']}", quiet=True)   # Colab's pip resolves ours
+    run(py, "-m", "pip", "install", "-q", "-r", IMAGE, *TWIN_ONLY, quiet=True)
     stamp.write_text(json.dumps(want))
     return py
 
 
-def check_kept(py, before, names):
-    "Colab's packages keep their versions after an install of ours."
-    after = versions(py)
-    changed = {n: (before.get(n), after.get(n)) for n in names if before.get(n) != after.get(n)}
-    if changed: sys.exit(f"colab twin: installing har_colab changed Colab's packages: {changed}")
+def changed(before, after, names) -> list:
+    "'name before -> after' for each of `names` whose installed version differs (or that is gone)."
+    return [f"{n} {before.get(n)} -> {after.get(n, '(uninstalled)')}" for n in names if before.get(n) != after.get(n)]
+
+
+def check_kept(py, before, names, what):
+    "Colab's packages keep their versions after `what`: else fail, naming every one that changed."
+    moved = changed(before, versions(py), names)
+    if moved: sys.exit(f"colab twin: {what} changed {len(moved)} of Colab's packages: " + "; ".join(moved))
 
 
 def colab_env(py) -> dict:
@@ -123,16 +162,23 @@ def installed_files(py, names) -> dict:
     return {n: hashlib.sha256((site / n).read_bytes()).hexdigest() for n in names}
 
 
-def main():
+def main(argv=None):
+    install_only = "--install-only" in (sys.argv[1:] if argv is None else argv)
+    pins = image_pins()
+    bad = bounds_above_image(pins)
+    if bad: sys.exit(f"colab twin: settings.ini lower bounds above Colab's versions ({IMAGE.name}): " + "; ".join(bad))
+    say(f"settings.ini's lower bounds are at most Colab's versions ({IMAGE.name}, {len(pins)} packages)")
     python, pyenv_root = find_python()
     if python is None:
         print(f"SKIP colab twin: no Python 3.13 under {pyenv_root}/versions (pyenv install 3.13 to run it)")
         return 0
-    preinstalled = COLAB + lowest_bounds()
-    py = make_venv(python, preinstalled)
-    names = [re.split(r"[=<>]", s)[0].lower() for s in preinstalled]
+    py = make_venv(python, pins)
+    names = sorted(pins)
     before = versions(py)
-    say("Colab's set: " + ", ".join(f"{n} {before.get(n)}" for n in names))
+    wrong = changed({n: pins[n] for n in names}, before, names)
+    if wrong: sys.exit(f"colab twin: {VENV.name} does not hold {IMAGE.name} after installing it: " + "; ".join(wrong))
+    say("Colab's image installed: " + ", ".join(f"{n} {before[n]}" for n in
+                                                  ("torch", "torchvision", "torchcodec", "transformers", "numpy", "ipywidgets")))
     with tempfile.TemporaryDirectory(prefix="har_colab_twin_") as tmp:
         tmp = Path(tmp)
         run(sys.executable, "-m", "build", "--outdir", tmp / "dist", ROOT, quiet=True)
@@ -141,18 +187,27 @@ def main():
         say(f"built {sdist.name} and {wheel.name} (the wheel from the sdist); twine check passed")
         r = run(py, "-m", "pip", "install", wheel, quiet=True)   # plain pip, no constraints: the notebook's install cell
         say("pip install " + wheel.name + ": " + (r.stdout.strip().splitlines() or ["(nothing new)"])[-1])
-        check_kept(py, before, names)
-        say("Colab's packages kept their versions: " + ", ".join(f"{n} {before[n]}" for n in names if n in before))
+        check_kept(py, before, names, f"pip install {wheel.name}")
+        say(f"Colab's {len(names)} packages kept their versions")
         files = package_files(wheel)
         run(py, "-m", "pip", "uninstall", "-y", "-q", "har_colab", quiet=True)
         run(py, "-m", "pip", "install", "-q", sdist, quiet=True)
         if installed_files(py, files) != files: sys.exit("colab twin: the sdist installs other files than the wheel")
-        check_kept(py, before, names)
+        check_kept(py, before, names, f"pip install {sdist.name}")
         say(f"pip install {sdist.name}: the wheel's {len(files)} files, Colab's packages kept")
+        for extra in EXTRAS:                                      # plain pip again: what `pip install har_colab[hf]` does
+            r = run(py, "-m", "pip", "install", f"{wheel}[{extra}]", quiet=True)
+            check_kept(py, before, names, f"pip install har_colab[{extra}]")
+            added = [l for l in r.stdout.splitlines() if l.startswith("Successfully installed")] or ["nothing new"]
+            say(f"pip install har_colab[{extra}]: {added[-1]}; Colab's packages kept")
         run(py, "-m", "pip", "install", "-q", *TEST_TOOLS, quiet=True)
-        check_kept(py, before, names)
+        check_kept(py, before, names, "pip install " + " ".join(TEST_TOOLS))
         deps = versions(py)
-        say("installed by pip: " + ", ".join(f"{n} {deps[n]}" for n in ("av", "decord2", "pytorchvideo", "gdown", "rarfile") if n in deps))
+        say("installed by pip: " + ", ".join(f"{n} {deps[n]}" for n in ("av", "decord2", "pytorchvideo", "rarfile", "onnx",
+                                                                         "onnxruntime") if n in deps))
+        if install_only:
+            say("--install-only: the install checks passed; the suite is not run")
+            return 0
         suite = tmp / "suite"                                     # outside the checkout: imports the installed package
         shutil.copytree(ROOT / "tests", suite / "tests", ignore=shutil.ignore_patterns("__pycache__"))
         shutil.copytree(ROOT / "nbs" / "tutorials", suite / "nbs" / "tutorials")

@@ -21,12 +21,12 @@ from .models import LoadReport, ModelSpec, load_report, register, weights_cache_
 # %% auto #0
 __all__ = ['MIN_TRANSFORMERS', 'VIDEOMAE_BIAS_FIX', 'VIDEOMAE_S', 'VIDEOMAE_B', 'TIMESFORMER_B', 'VIVIT_B', 'VJEPA2_VITL',
            'HF_CHECKPOINTS', 'HF_MODELS', 'require_transformers', 'HFVideoClassifier', 'hf_gradient_checkpointing',
-           'HFCheckpoint', 'hf_cache_dir', 'hub_snapshot', 'build_hf', 'CheckpointTensors', 'load_hf', 'small_config',
-           'build_small', 'save_to_hub_cache']
+           'HFCheckpoint', 'hf_cache_dir', 'hub_snapshot', 'build_hf', 'CheckpointTensors', 'HFLoadReport',
+           'copy_zeroed', 'load_hf', 'small_config', 'build_small', 'save_to_hub_cache']
 
 # %% ../nbs/21_models_hf.ipynb #ff7f9047
 MIN_TRANSFORMERS = "5.15"       # Colab's release (2026-08); the Colab twin CI job tests it
-VIDEOMAE_BIAS_FIX = "5.18"      # first release that maps VideoMAE's q_bias/v_bias when loading (huggingface/transformers#48675)
+VIDEOMAE_BIAS_FIX = "5.18"      # first release that maps VideoMAE's q_bias/v_bias itself (#48675); before it, `load_hf` copies them
 
 def _version(v:str) -> tuple: return tuple(int(x) for x in re.findall(r"\d+", v)[:2])
 
@@ -68,6 +68,7 @@ class HFCheckpoint:
     new: tuple = ()                   # regexes of model tensors the checkpoint cannot have (a new head)
     ignore: tuple = ()                # regexes of checkpoint tensors the classifier leaves out on purpose
     zero_ok: tuple = ()               # regexes of model tensors old checkpoints omit because they are zero
+    copy_if_zero: tuple = ()          # regexes of model tensors a transformers release leaves at zero: copied from the file
     drop: tuple = ()                  # submodules removed after loading (unused by classification)
 
 def hf_cache_dir(weights_dir=None) -> Path:
@@ -126,14 +127,37 @@ class CheckpointTensors(Mapping):
     def __len__(self): return len(self._where)
 
 # %% ../nbs/21_models_hf.ipynb #67ee14b7
+@dataclass
+class HFLoadReport(LoadReport):
+    "A `LoadReport` that also says which tensors the loader copied from the file itself."
+    copied: str = ""                  # e.g. 'copied 24 q_bias/v_bias tensors from the checkpoint (transformers 5.15 ...)'
+    def summary(self) -> str: return super().summary() + (f"; {self.copied}" if self.copied else "")
+
+def copy_zeroed(net:nn.Module, file_tensors, ckpt:HFCheckpoint, report:LoadReport) -> LoadReport:
+    "Copy into `net` the tensors of `ckpt.copy_if_zero` that `report` found left at zero, from `file_tensors`; a new report."
+    todo = [o for o in report.zeroed if any(re.search(p, o) for p in ckpt.copy_if_zero)]
+    if not todo: return report
+    def renamed(k):
+        for pat, to in ckpt.renames: k = re.sub(pat, to, k)
+        return k
+    source = {}                                        # model name -> file name (the file may lack the model's prefix)
+    for k in file_tensors:
+        r = renamed(k)
+        for o in todo:
+            if r == o or o.endswith("." + r) or r.endswith("." + o): source.setdefault(o, k)
+    own = net.state_dict(keep_vars=True)
+    with torch.no_grad():
+        for o, k in source.items(): own[o].copy_(file_tensors[k].to(device=own[o].device, dtype=own[o].dtype))
+    import transformers
+    kinds = "/".join(sorted({k.rsplit(".", 1)[-1] for k in source.values()}))
+    new = load_report(net, file_tensors, report.source, ckpt.renames, ckpt.new, ckpt.ignore, ckpt.zero_ok, report.advice)
+    return HFLoadReport(**vars(new), copied=f"copied {len(source)} {kinds} tensors from the checkpoint "
+                                            f"(transformers {transformers.__version__} leaves them zero)")
+
 def _hf_advice(report:LoadReport, ckpt:HFCheckpoint, snapshot) -> str:
     import transformers
-    v = transformers.__version__
-    if ckpt.model_class.startswith("VideoMAE") and any(re.search(r"attention\.(query|value)\.bias$", n) for n in report.zeroed):
-        return (f"transformers {v} leaves the q_bias/v_bias of VideoMAE checkpoints at zero (fixed in {VIDEOMAE_BIAS_FIX}, "
-                f"huggingface/transformers#48675): pip install -U 'transformers>={VIDEOMAE_BIAS_FIX}'")
-    return (f"transformers {v} did not load all of {ckpt.hub_id}: update it (pip install -U transformers), or delete "
-            f"{snapshot} to download the checkpoint again")
+    return (f"transformers {transformers.__version__} did not load all of {ckpt.hub_id}: update it (pip install -U "
+            f"transformers), or delete {snapshot} to download the checkpoint again")
 
 def _first_line(e:Exception) -> str: return " ".join(str(e).split())[:160] or type(e).__name__
 
@@ -161,7 +185,9 @@ def load_hf(ckpt:HFCheckpoint, weights_dir=None, pretrained:bool=True, name:str=
                           f"delete {hub_snapshot(ckpt.hub_id, folder) or folder} to download it again") from None
     snapshot = hub_snapshot(ckpt.hub_id, folder)
     if snapshot is None: raise ConfigError(f"{ckpt.hub_id} loaded, but its snapshot is not under {folder}/models--*; delete that folder")
-    report = load_report(net, CheckpointTensors(snapshot), ckpt.hub_id, ckpt.renames, ckpt.new, ckpt.ignore, ckpt.zero_ok)
+    files = CheckpointTensors(snapshot)
+    report = load_report(net, files, ckpt.hub_id, ckpt.renames, ckpt.new, ckpt.ignore, ckpt.zero_ok)
+    report = copy_zeroed(net, files, ckpt, report)     # what this transformers release left at zero, from the file
     if not report.ok: report.advice = _hf_advice(report, ckpt, snapshot)
     for path in ckpt.drop: _drop(net, path)
     model = HFVideoClassifier(net, ckpt.input_name)
@@ -185,7 +211,8 @@ def _videomae(size:str, hidden:int, heads:int) -> HFCheckpoint:
              hidden_size=hidden, num_hidden_layers=12, num_attention_heads=heads, intermediate_size=4 * hidden,
              use_mean_pooling=True, qkv_bias=True),                                       # fc_norm over all tokens
         renames=((r"\.q_bias$", ".query.bias"), (r"\.v_bias$", ".value.bias")),          # names before transformers 5
-        zero_ok=(r"attention\.key\.bias$",))                                             # VideoMAE's key has no bias
+        zero_ok=(r"attention\.key\.bias$",),                                             # VideoMAE's key has no bias
+        copy_if_zero=(r"attention\.(query|value)\.bias$",))                               # left at zero before 5.18 (#48675)
 
 _VIDEOMAE_INPUT = dict(
     frames=16, exact_frames=True, min_frames=16,         # config.json num_frames; fixed position embeddings
