@@ -217,3 +217,25 @@ def test_an_explicit_cpu_or_another_machine_is_not_refused(small_data, monkeypat
     assert colab_without_gpu(resolve_config(config("unused", small_data))) is None               # tiny3d
     monkeypatch.setattr(torch.cuda, "is_available", lambda: True)
     assert colab_without_gpu(cfg) is None            # a GPU runtime
+
+
+def test_in_a_kernel_the_countdown_is_one_output_updated_in_place(tmp_path):
+    "In a real Jupyter kernel (as in Colab) the waiting shows one display output, updated in place, not 52 lines."
+    import nbformat
+    from nbclient import NotebookClient
+    code = f'''import json, time
+from pathlib import Path
+from har_colab.checkpoint import RunLock
+from har_colab.env import in_notebook
+t = [time.time()]
+lock = RunLock({str(tmp_path)!r})
+lock.clock, lock.sleep = (lambda: t[0]), (lambda s: t.__setitem__(0, t[0] + s))
+Path({str(tmp_path / "train.lock")!r}).write_text(json.dumps({{**{VM_A!r}, "heartbeat": t[0] - 40}}))
+print(in_notebook(), lock.acquire(wait=True).took_over is not None)
+lock.release()'''
+    nb = nbformat.v4.new_notebook(cells=[nbformat.v4.new_code_cell(code)])
+    NotebookClient(nb, timeout=120, kernel_name="python3").execute()
+    outs = nb.cells[0].outputs
+    assert [o.output_type for o in outs] == ["display_data", "stream"], outs     # the countdown, then the print
+    assert outs[0]["data"]["text/plain"] == "the holder's heartbeat is 300 s old (waited 4 min 20 s)"
+    assert outs[1]["text"] == "True True\n"
