@@ -7,8 +7,10 @@ from __future__ import annotations
 
 import datetime as _dt
 import json
+import math
 import re
 import shutil
+import time
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -19,7 +21,7 @@ from .core import ConfigError, DataError, HarError, RunFolderError
 from .distributed import from_main, is_main
 from .datasets import ProbeResult, Samples, _first_bad, load_samples, probe_videos, subset, train_val_split
 from .cache import ClipCache
-from .env import in_colab
+from .env import in_colab, in_notebook
 from .clips import ClipDataset
 from .video import _reason, backend_available, open_video
 from .models import LoadReport, create_model, get_spec, load_report, set_head_dropout
@@ -27,8 +29,9 @@ from .checkpoint import RunFolder, RunLock, fallback_folder, find_checkpoint, lo
 from .config import TrainConfig, apply_recipe, config_diff, config_from_dict, keep_recipe
 
 # %% auto #0
-__all__ = ['build_samples', 'samples_from_saved', 'build_model', 'init_state', 'init_from', 'build_cache', 'clip_dataset',
-           'gpu_decode_device', 'SavedRun', 'checkpoint_path', 'load_run', 'RunStart', 'open_run', 'run_video_sizes']
+__all__ = ['CPU_MODELS', 'build_samples', 'samples_from_saved', 'build_model', 'init_state', 'init_from', 'build_cache',
+           'clip_dataset', 'gpu_decode_device', 'SavedRun', 'checkpoint_path', 'load_run', 'RunStart', 'open_run',
+           'run_video_sizes', 'cpu_step_seconds', 'colab_without_gpu', 'check_colab_gpu']
 
 # %% ../nbs/35_build.ipynb #67fa4bc0
 def build_samples(cfg:TrainConfig) -> tuple:
@@ -285,7 +288,7 @@ class RunStart:
                 try: d.rmdir()
                 except OSError: pass
 
-def _take_folder(run:RunFolder, cfg:TrainConfig, echo) -> tuple:
+def _take_folder(run:RunFolder, cfg:TrainConfig, echo, wait:bool=False) -> tuple:
     "(lock, created): the run folder exists and this process holds its lock (or knows it cannot write there)."
     if run.root.exists() and not run.root.is_dir():
         raise RunFolderError(f"--run-dir {run.root} is a file, not a folder; give the run's folder (or a new one)")
@@ -293,7 +296,7 @@ def _take_folder(run:RunFolder, cfg:TrainConfig, echo) -> tuple:
     try: run.root.mkdir(parents=True, exist_ok=True)
     except OSError as e:
         raise RunFolderError(f"cannot create the run folder {run.root} ({e.strerror or e}); use a --run-dir you can write to") from None
-    lock = RunLock(run.root).acquire()
+    lock = RunLock(run.root).acquire(wait=wait)       # waits (a countdown) for a holder on another machine when asked
     run.lock = lock
     if lock.took_over: run.log(lock.took_over, echo)
     if cfg.restart:
@@ -304,13 +307,16 @@ def _take_folder(run:RunFolder, cfg:TrainConfig, echo) -> tuple:
     return lock, created
 
 def open_run(cfg:TrainConfig, echo=print,
-             raw=None) -> RunStart:   # the config as the user gave it: the recipe fills only what it left unset
+             raw=None,               # the config as the user gave it: the recipe fills only what it left unset
+             wait:bool|None=None     # wait for a lock held on another machine (None: in a notebook) instead of refusing
+            ) -> RunStart:
     """Lock the run folder of `cfg` and find what to resume and which videos to train on, with the recipe's choices filled
     into `cfg`; writes nothing (see `RunStart.commit`)."""
+    if wait is None: wait = in_notebook()
     run = RunFolder(cfg.run_dir, fallback_folder(cfg.run_dir, cfg.fallback_dir), echo).hold_log()
     lock, created, refused = None, False, None
     if is_main():
-        try: lock, created = _take_folder(run, cfg, echo)
+        try: lock, created = _take_folder(run, cfg, echo, wait)
         except HarError as e: refused = e
     else: run.log = lambda message, echo=None: None    # only process 0 writes the run folder
     why = from_main(None if refused is None else str(refused))
@@ -379,3 +385,74 @@ def _probe_json(probe:ProbeResult, cfg:TrainConfig) -> dict:
     root = Path(cfg.data).expanduser().resolve()
     return {"backend": cfg.backend, "seconds": round(probe.seconds, 3), "unreadable": len(probe.bad),
             "videos": {_probe_key(p, root): info for p, info in probe.info.items()}}
+
+# %% ../nbs/35_build.ipynb #4f0b6a06
+CPU_MODELS = ("tiny3d",)    # models meant to train on a CPU: never refused for want of a GPU
+
+def _duration(seconds:float) -> str:
+    "'under a minute', 'about 25 min', 'about 3.4 h'"
+    if seconds < 60: return "under a minute"
+    return f"about {seconds / 60:.0f} min" if seconds < 90 * 60 else f"about {seconds / 3600:.1f} h"
+
+def _flops(cfg:TrainConfig, num_classes:int, shape:tuple) -> float:
+    "FLOPs of a forward pass of `cfg.model` on a clip of `shape`, counted on the meta device (no compute)."
+    from torch.utils.flop_counter import FlopCounterMode
+    with torch.device("meta"):
+        model, x = build_model(cfg, num_classes, pretrained=False).eval(), torch.zeros(shape)
+    with FlopCounterMode(display=False) as counter, torch.no_grad(): model(x)
+    return counter.get_total_flops()
+
+def _forward_seconds(model:nn.Module, shape:tuple, budget:float=2.0) -> float:
+    "Seconds of a forward pass of a clip of `shape`: timed again when the first pass (which also sets up) took under `budget`."
+    x = torch.zeros(shape)
+    with torch.no_grad():
+        t0 = time.perf_counter(); model(x); first = time.perf_counter() - t0
+        if first >= budget: return first
+        t0 = time.perf_counter(); model(x); return min(first, time.perf_counter() - t0)
+
+def cpu_step_seconds(cfg:TrainConfig, num_classes:int=10) -> tuple:
+    """(seconds, how): one training step (forward and backward) of `cfg.model` on one clip on this CPU, measured in a few
+    seconds: a forward pass of a smaller clip, where the model takes one, is timed and scaled by the FLOPs of the two
+    (counted on the meta device), x3 for the backward."""
+    spec = get_spec(cfg.model)
+    full = spec.input_shape(1, cfg.frames)
+    t = full[2] if spec.exact_frames else max(spec.min_frames, full[2] // 4)
+    side = full[3] if spec.exact_size else max(32, full[3] // 2)
+    shapes = list(dict.fromkeys([spec.input_shape(1, t, side), spec.input_shape(1, full[2], side), spec.input_shape(1, t), full]))
+    model = build_model(cfg, num_classes, pretrained=False).eval()     # eval: batch norm takes a batch of 1
+    for shape in shapes:
+        try: seconds = _forward_seconds(model, shape); break
+        except Exception:                                # a smaller clip than this model takes: the next one
+            if shape == full: raise
+    clip = "x".join(map(str, shape[2:]))
+    how = f"a forward pass of a {clip} clip took {seconds:.2f} s here"
+    if shape != full:
+        full_clip = "x".join(map(str, full[2:]))
+        try: seconds *= _flops(cfg, num_classes, full) / _flops(cfg, num_classes, shape); how += f", scaled by FLOPs to {full_clip}"
+        except Exception: seconds *= math.prod(full) / math.prod(shape); how += f", scaled by size to {full_clip}"  # no meta pass
+    return 3 * seconds, how + ", x3 for the backward"     # the usual cost of a backward pass: two forwards
+
+def colab_without_gpu(cfg:TrainConfig, cli:bool=False) -> str|None:
+    """The line that stops `fit` in Colab without a GPU (None when it goes on): the menu path to a GPU, and `device='cpu'`
+    with the time an epoch would take on this CPU."""
+    if not in_colab() or cfg.device not in ("auto", "", None) or cfg.model in CPU_MODELS or torch.cuda.is_available():
+        return None
+    try:
+        train, _ = build_samples(cfg)
+        clips = len(train)
+        if cfg.max_steps_per_epoch: clips = min(clips, cfg.max_steps_per_epoch * cfg.batch_size)
+    except HarError: train, clips = None, None
+    try:
+        step, how = cpu_step_seconds(cfg, len(train.class_names) if train is not None else 10)
+        cost = (f"{_duration(step * clips)} per epoch on this CPU ({how}, x {clips:,} training clips)" if clips else
+                f"about {step:.1f} s per training clip on this CPU ({how})")
+    except Exception as e:                               # the line stands without its estimate
+        cost = f"slow on this CPU (not timed: {str(e).splitlines()[0][:80] if str(e) else type(e).__name__})"
+    cpu = "--device cpu" if cli else 'device="cpu"'
+    return (f"this Colab runtime has no GPU: Runtime > Change runtime type > T4 GPU, then Run all; or pass {cpu} to "
+            f"train {cfg.model} on the CPU anyway: {cost}")
+
+def check_colab_gpu(cfg:TrainConfig, cli:bool=False):
+    "Raise `ConfigError` with `colab_without_gpu`'s line, if any (`fit` calls it first)."
+    line = colab_without_gpu(cfg, cli)
+    if line: raise ConfigError(line)

@@ -9,6 +9,7 @@ import errno
 import hashlib
 import io
 import json
+import math
 import os
 import pickle
 import random
@@ -27,12 +28,12 @@ import torch
 
 from .core import (CheckpointError, RunFolderError, atomic_write, commit_temp, fault_injected, fault_oserror, fsync_dir,
                             kill_self, log_event, write_temp)
-from .env import in_colab
+from .env import LiveLine, in_colab
 
 # %% auto #0
 __all__ = ['FORMAT_VERSION', 'REQUIRED_KEYS', 'TRANSIENT_ERRNOS', 'COLAB_FALLBACK_DIR', 'LOCK_HEARTBEAT_SECONDS',
-           'LOCK_STALE_SECONDS', 'RunFolder', 'epoch_number', 'get_rng_state', 'set_rng_state', 'serialize',
-           'tensor_bytes', 'CheckpointWriter', 'save_checkpoint', 'link_or_copy', 'load_checkpoint',
+           'LOCK_STALE_SECONDS', 'LOCK_POLL_SECONDS', 'RunFolder', 'epoch_number', 'get_rng_state', 'set_rng_state',
+           'serialize', 'tensor_bytes', 'CheckpointWriter', 'save_checkpoint', 'link_or_copy', 'load_checkpoint',
            'checkpoint_progress', 'loadable', 'checkpoint_candidates', 'find_checkpoint', 'prune_epoch_checkpoints',
            'fallback_folder', 'RunLock']
 
@@ -373,8 +374,9 @@ def _copy_back(fallback:RunFolder, run:RunFolder) -> list:
     return done
 
 # %% ../nbs/30_checkpoint.ipynb #3d9a4e02
-LOCK_HEARTBEAT_SECONDS = 30.0
-LOCK_STALE_SECONDS = 300.0
+LOCK_HEARTBEAT_SECONDS = 30.0   # the holder writes its heartbeat this often
+LOCK_STALE_SECONDS = 300.0      # a heartbeat this old, as read here, means the holder is gone (Drive's sync delay included)
+LOCK_POLL_SECONDS = 5.0         # a waiting `fit` reads the lock file again this often
 
 def _boot_id() -> str:
     try: return Path("/proc/sys/kernel/random/boot_id").read_text().strip()
@@ -396,16 +398,23 @@ def _alive(pid:int, start=None) -> bool:
     if st[0] in ("Z", "X"): return False                        # killed, not yet reaped
     return start is None or st[19] == str(start)                # the pid of another process now
 
+def _wait_words(seconds:float) -> str:
+    "'4 min 20 s', '40 s'"
+    s = max(0, math.ceil(seconds))
+    return f"{s // 60} min {s % 60} s" if s >= 60 else f"{s} s"
+
 class RunLock:
     "The lock file of a run folder: host, pid, token and a heartbeat; a stale one is taken over."
-    def __init__(self, root, stale_after:float=LOCK_STALE_SECONDS, heartbeat:float=LOCK_HEARTBEAT_SECONDS):
+    clock, sleep = staticmethod(time.time), staticmethod(time.sleep)    # the waiting's time (tests bring their own)
+    def __init__(self, root, stale_after:float=LOCK_STALE_SECONDS, heartbeat:float=LOCK_HEARTBEAT_SECONDS,
+                 poll:float=LOCK_POLL_SECONDS):
         self.root = Path(root); self.path = self.root/"train.lock"
-        self.stale_after, self.interval, self.token = stale_after, heartbeat, secrets.token_hex(8)
+        self.stale_after, self.interval, self.poll, self.token = stale_after, heartbeat, poll, secrets.token_hex(8)
         self.held, self.lost, self.readonly, self.took_over = False, None, None, None
         self._stop, self._thread = threading.Event(), None
         st = _proc_stat(os.getpid())
         self.me = {"host": socket.gethostname(), "boot_id": _boot_id(), "pid": os.getpid(),
-                   "pid_start": st[19] if st else None, "token": self.token, "since": time.time(),
+                   "pid_start": st[19] if st else None, "token": self.token, "since": self.clock(),
                    "command": " ".join(Path(sys.argv[0]).name if i == 0 else a for i, a in enumerate(sys.argv))[:300]}
     def read(self) -> tuple:
         "(lock info, raw bytes); info is None without a lock and {} when the file does not parse."
@@ -419,26 +428,29 @@ class RunLock:
         try: t = float(info["heartbeat"])
         except (KeyError, TypeError, ValueError):
             try: t = self.path.stat().st_mtime
-            except OSError: t = time.time()
-        return time.time() - t
+            except OSError: t = self.clock()
+        return max(0.0, self.clock() - t)                       # a clock a little ahead elsewhere: a fresh beat
+    def here(self, info:dict) -> bool:
+        "Is the holder in `info` a process of this machine (since its boot), whose life can be checked?"
+        return (bool(info) and info.get("host") == self.me["host"] and info.get("boot_id", "") == self.me["boot_id"]
+                and isinstance(info.get("pid"), int))
     def stale(self, info:dict) -> str|None:
         "Why the holder in `info` is gone, or None while it may be alive."
         age = self._age(info)
-        if not info: return f"an unreadable lock file untouched for {age/60:.0f} minutes" if age > self.stale_after else None
-        here = info.get("host") == self.me["host"] and info.get("boot_id", "") == self.me["boot_id"]
-        if here and isinstance(info.get("pid"), int) and not _alive(info["pid"], info.get("pid_start")):
-            return f"process {info['pid']} is gone"
-        if age > self.stale_after: return f"no heartbeat for {age/60:.0f} minutes"
+        if not info: return f"an unreadable lock file untouched for {age/60:.0f} minutes" if age >= self.stale_after else None
+        if self.here(info) and not _alive(info["pid"], info.get("pid_start")): return f"process {info['pid']} is gone"
+        if age >= self.stale_after: return f"no heartbeat for {age/60:.0f} minutes"
         return None
-    @staticmethod
-    def describe(info:dict) -> str:
+    def left(self, info:dict) -> float:
+        "Seconds until the holder in `info` counts as gone, unless it beats again."
+        return max(0.0, self.stale_after - self._age(info))
+    def describe(self, info:dict) -> str:
         "'process 123 on host x (heartbeat 4 s ago, running: har-colab train ...)'"
         if not info: return "an unknown process (the lock file is being written or unreadable)"
-        try: age = f"heartbeat {time.time() - float(info['heartbeat']):.0f} s ago"
-        except (KeyError, TypeError, ValueError): age = "no heartbeat yet"
+        age = f"heartbeat {self._age(info):.0f} s ago" if "heartbeat" in info else "no heartbeat yet"
         cmd = f", running: {info['command'][:80]}" if info.get("command") else ""
         return f"process {info.get('pid')} on host {info.get('host')} ({age}{cmd})"
-    def _data(self) -> bytes: return (json.dumps({**self.me, "heartbeat": time.time()}, indent=1) + "\n").encode()
+    def _data(self) -> bytes: return (json.dumps({**self.me, "heartbeat": self.clock()}, indent=1) + "\n").encode()
     def _create(self) -> bool:
         "Create the lock file with our data unless it exists (False then)."
         data = self._data()
@@ -464,10 +476,46 @@ class RunLock:
         except OSError: pass
         aside.unlink(missing_ok=True); return False
     def _refuse(self, info:dict):
-        raise RunFolderError(f"{self.root} is in use by {self.describe(info)}; wait for it to finish or stop it, or use "
-                             f"another --run-dir (if that process is gone for sure, delete {self.path})")
-    def acquire(self) -> RunLock:
-        "Take the lock (or refuse with `RunFolderError` naming its holder); on a folder that cannot be written, note why in `readonly`."
+        if self.here(info):                                     # a live process of this machine
+            raise RunFolderError(f"{self.root} is in use by {self.describe(info)}; wait for it to finish or stop it, or use "
+                                 f"another --run-dir (if that process is gone for sure, delete {self.path})")
+        cmd = f" (running: {info['command'][:80]})" if info.get("command") else ""
+        who = f"process {info.get('pid')} on host {info.get('host')}{cmd}" if info else "an unknown process (unreadable lock file)"
+        raise RunFolderError(f"{self.root} is in use by {who}; its heartbeat is {self._age(info):.0f} s old and it counts as "
+                             f"dead after {self.stale_after:.0f} s: run again in {_wait_words(self.left(info))} (sooner if "
+                             "it stops), or use another --run-dir")
+    def countdown(self, info:dict, beats:int=0) -> str:
+        "The waiting line: who holds the lock, its heartbeat's age, and when it is taken over unless it beats again."
+        left = math.ceil(self.left(info))
+        who = f"{info.get('host')} pid {info.get('pid')}" if info else "an unreadable lock file"
+        again = f"; it beat {beats} time{'s' * (beats > 1)} while we waited: it may be running (Ctrl-C stops waiting)" if beats else ""
+        return (f"run folder locked by {who}, heartbeat {self._age(info):.0f} s ago; taking over in {left // 60}:{left % 60:02d} "
+                f"unless it beats again{again}")
+    def _wait(self, show=None):
+        """Wait while a holder on another machine may be alive, showing `countdown` lines with `show`: until it lets go or
+        its heartbeat is stale (a new beat starts the countdown again). Ctrl-C stops the wait; nothing is written."""
+        show = show or LiveLine()
+        last, beats, t0, end = None, 0, self.clock(), None
+        waited = lambda: f"waited {_wait_words(self.clock() - t0)}"
+        try:
+            while True:
+                info, _ = self.read()
+                if info is None: end = f"the holder let go of the run folder ({waited()})"; break
+                if self.stale(info) is not None: end = f"the holder's heartbeat is {self._age(info):.0f} s old ({waited()})"; break
+                if self.here(info): self._refuse(info)         # now a live process of this machine: nothing to wait for
+                beat = (info.get("token"), info.get("heartbeat"))
+                beats += last is not None and beat != last; last = beat
+                show(self.countdown(info, beats))
+                self.sleep(min(self.poll, self.left(info)))
+        except KeyboardInterrupt:
+            end = f"stopped waiting for {self.path} (Ctrl-C); nothing was written"; raise
+        finally:
+            if hasattr(show, "close"): show.close(end)
+            elif end is not None: show(end)
+    def acquire(self, wait:bool=False, show=None) -> RunLock:
+        """Take the lock, or refuse with `RunFolderError` naming its holder (and how long to wait when it is on another
+        machine). With `wait`, a holder on another machine is waited for instead (`_wait`, the countdown shown by `show`,
+        default a `LiveLine`). On a folder that cannot be written, note why in `readonly`."""
         for _ in range(5):
             try: created = self._create()
             except OSError as e:                                # read-only (or absent) folder: the run may only read
@@ -479,7 +527,9 @@ class RunLock:
             info, raw = self.read()
             if info is None: continue                           # released meanwhile
             why = self.stale(info)
-            if why is None: self._refuse(info)
+            if why is None:
+                if not wait or self.here(info): self._refuse(info)
+                self._wait(show); continue                      # then take it, or take it over
             if self._remove_stale(raw): self.took_over = f"took over the run folder from {self.describe(info)}: {why}"
         raise RunFolderError(f"could not lock {self.root}: other processes keep taking it; stop them, or use another --run-dir")
     def _start(self):

@@ -15,7 +15,8 @@ from pathlib import Path
 import torch
 
 # %% auto #0
-__all__ = ['in_colab', 'local_home', 'mount_drive', 'Workspace', 'workspace', 'env_report', 'format_report']
+__all__ = ['in_colab', 'local_home', 'mount_drive', 'in_notebook', 'LiveLine', 'Workspace', 'workspace', 'env_report',
+           'format_report']
 
 # %% ../nbs/01_env.ipynb #ac1c1c75
 def in_colab() -> bool:
@@ -38,6 +39,36 @@ def mount_drive(mountpoint:str|None=None, force_remount:bool=False) -> Path:
     from google.colab import drive
     drive.mount(str(mountpoint), force_remount=force_remount)
     return mydrive
+
+# %% ../nbs/01_env.ipynb #5a1f0c02
+def in_notebook() -> bool:
+    "True inside a Jupyter / Colab kernel."
+    try:
+        from IPython import get_ipython
+        ip = get_ipython()
+        return ip is not None and "IPKernelApp" in ip.config
+    except Exception: return False
+
+class LiveLine:
+    "One line of text updated in place: a display handle in a notebook, `\\r` on `stream` (default stderr) elsewhere."
+    def __init__(self, notebook:bool|None=None, stream=None):
+        self.notebook = in_notebook() if notebook is None else notebook
+        self.stream, self.handle, self.width = stream, None, 0
+    def __call__(self, text:str):
+        if self.notebook:
+            from IPython.display import Pretty, display
+            if self.handle is None: self.handle = display(Pretty(text), display_id=True)
+            else: self.handle.update(Pretty(text))
+            return
+        out = self.stream or sys.stderr
+        out.write("\r" + text.ljust(self.width)); out.flush(); self.width = len(text)
+    def close(self, text:str|None=None):
+        "Show `text` last (when given) and end the line."
+        if text is not None: self(text)
+        if not self.notebook and self.width:
+            out = self.stream or sys.stderr
+            out.write("\n"); out.flush()
+        self.width = 0
 
 # %% ../nbs/01_env.ipynb #3b7397e6
 @dataclass

@@ -28,7 +28,7 @@ from .models import check_input, count_parameters, enable_grad_checkpointing, ge
 from .checkpoint import FORMAT_VERSION, RunFolder, find_checkpoint, get_rng_state, set_rng_state
 from .config import MAY_CHANGE_ON_RESUME, TrainConfig, check_batch_size, config_diff, resolve_config
 from .build import (RunStart, build_cache, build_model, build_samples, clip_dataset, gpu_decode_device, load_run,
-                             open_run, init_from, run_video_sizes, samples_from_saved)
+                             check_colab_gpu, open_run, init_from, run_video_sizes, samples_from_saved)
 from .distributed import (all_reduce_sum, barrier, broadcast_buffers, init_distributed, is_distributed, is_main, rank,
                                    shard, stop_requests, worker_ignore_signals, world_size, wrap_model)
 from .callbacks import PlotCallback, default_callbacks
@@ -612,10 +612,12 @@ def fit(config:TrainConfig, callbacks=None, echo=print,
         cli:bool=False) -> FitResult:   # messages name command-line flags (--epochs) instead of arguments (epochs=)
     "Train (or resume) the run described by `config`."
     cfg = resolve_config(config)
+    check_colab_gpu(cfg, cli)                               # Colab without a GPU: one line (the menu path), before anything
     device = resolve_device(init_distributed(cfg.device))   # under torchrun: join the job, one GPU per process
     gpu_decode_device(cfg, device)                          # --decode-device cuda without a GPU: refused before probing
     if not is_main(): echo = lambda *a, **k: None          # only process 0 writes the run folder and prints
-    start = open_run(cfg, echo, raw=config)                 # the run folder, locked, the recipe's choices; nothing written yet
+    # the run folder, locked (in a notebook: after waiting for a lock held on another machine), the recipe's choices;
+    start = open_run(cfg, echo, raw=config, wait=False if cli else None)           # nothing written yet
     try:
         with device_settings(device, cfg.deterministic):
             res = _fit_run(cfg, start, device, callbacks, echo, cli)
