@@ -196,13 +196,16 @@ def test_tutorials_open_on_a_colab_gpu_with_forms_and_one_install_cell(name):
 
 def test_nbdev_clean_keeps_colab_metadata(tmp_path):
     "settings.ini's allowed_metadata_keys: nbdev_clean keeps Colab's accelerator and GPU type, and drops the rest."
+    nbdev_clean = Path(sys.executable).parent / "nbdev_clean"
+    if not (ROOT / "settings.ini").exists() or not nbdev_clean.exists():
+        pytest.skip("the repository's tooling (settings.ini, nbdev) is not here: the Colab twin tests the installed package")
     nb = load("own_dataset.ipynb")
     nb["metadata"]["colab"]["name"] = "own_dataset.ipynb"
     nb["metadata"]["language_info"] = {"name": "python"}
     nb["cells"][0]["metadata"]["id"] = "abc"                                           # what Colab adds to cells
     copy = tmp_path / "own_dataset.ipynb"
     copy.write_text(json.dumps(nb))
-    r = subprocess.run([str(Path(sys.executable).parent / "nbdev_clean"), "--fname", str(copy)], cwd=ROOT,   # settings.ini
+    r = subprocess.run([str(nbdev_clean), "--fname", str(copy)], cwd=ROOT,   # settings.ini
                        capture_output=True, text=True, timeout=300)
     assert r.returncode == 0, r.stderr
     cleaned = json.loads(copy.read_text())
