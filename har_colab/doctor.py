@@ -109,10 +109,10 @@ class DoctorReport:
                 "files": {k: rel(p) for k, p in self.files.items()}}
     def save(self, folder=None) -> Path:
         "Write `report.txt` (the table) and `report.json` (what `load` reads) into `folder` (default: the report's)."
-        import json
+        from har_colab.core import atomic_write_json, atomic_write_text   # on Drive: whole files or none
         folder = Path(folder or self.folder); folder.mkdir(parents=True, exist_ok=True)
-        (folder/"report.txt").write_text(str(self) + "\n")
-        (folder/"report.json").write_text(json.dumps(self.to_json(), indent=2) + "\n")
+        atomic_write_text(folder/"report.txt", str(self) + "\n")
+        atomic_write_json(folder/"report.json", self.to_json())
         return folder/"report.json"
     @classmethod
     def load(cls, folder, note:str="") -> "DoctorReport|None":
