@@ -676,7 +676,7 @@ def stored_report(run_dir) -> DoctorReport|None:
     history = [n for n in ("metrics.csv", "checkpoints/last.pt") if (run_dir/n).exists()]
     if not history: return None
     note = (f"doctor: {run_dir.name} has trained already ({', '.join(history)}): the report saved before, from "
-            f"{run_dir/'doctor'}, not the checks again (force=True runs them)")
+            f"{run_dir/'doctor'}, not the checks again (force=True, or har-colab doctor --force, runs them)")
     return DoctorReport.load(run_dir/"doctor", note)
 
 def doctor(config:TrainConfig, run_dir=None, checks=None, *, samples_override=None, transform_override=None,
