@@ -89,6 +89,7 @@ def build_parser() -> argparse.ArgumentParser:
     ins.add_argument("--size", type=int, default=None, help="crop size (default: the model's)")
     doc = sub.add_parser("doctor", help="diagnose why a model is not learning (same flags as train)")
     _add_config_flags(doc)
+    doc.add_argument("--force", action="store_true", help="run the checks on a run that has trained (default: its stored report)")
     sw = sub.add_parser("sweep", help="train each model x seed in ROOT/<model>-seed<S>; each call continues the sweep")
     sw.add_argument("--root", required=True, help="the sweep's folder: sweep.json (the plan), one run folder per model and seed, comparison.png")
     sw.add_argument("--models", default=None, help="comma-separated model names, e.g. r3d_18,x3d_s,mvit_v2_s (default: the plan's)")
@@ -219,7 +220,7 @@ def cmd_doctor(a) -> int:
     from .doctor import doctor
     from .train import TrainConfig
     cfg = TrainConfig(**{f.name: getattr(a, f.name) for f in dataclasses.fields(TrainConfig)})
-    report = doctor(cfg)
+    report = doctor(cfg, force=a.force)
     print(report)
     return report.exit_code
 

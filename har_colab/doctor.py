@@ -36,7 +36,7 @@ __all__ = ['STATUSES', 'CAUSE_ORDER', 'SECTIONS', 'Finding', 'DoctorReport', 'ch
            'check_input_stats', 'check_temporal', 'save_clip_grid', 'check_parameters', 'check_pretrained',
            'check_initial_loss', 'check_gradients', 'make_doctor_optimizer', 'LRRangeResult', 'lr_range_test',
            'check_lr', 'plot_lr_range', 'overfit_batch', 'check_overfit', 'nan_advice', 'history_findings',
-           'input_finding', 'read_history', 'DoctorCallback', 'doctor']
+           'input_finding', 'read_history', 'DoctorCallback', 'stored_report', 'doctor']
 
 # %% ../nbs/60_doctor.ipynb #0df32a70
 STATUSES = ("pass", "warn", "fail")
@@ -57,9 +57,10 @@ class Finding:
 # %% ../nbs/60_doctor.ipynb #5dbf97e9
 class DoctorReport:
     "Findings of a doctor run, the plots it saved and the checks it could not run."
-    def __init__(self, findings=(), files=None, skipped=None, folder=None):
+    def __init__(self, findings=(), files=None, skipped=None, folder=None,
+                 note:str=""):   # one line shown above the table (e.g. that this is a stored report)
         self.findings, self.files = list(findings), dict(files or {})
-        self.skipped, self.folder = dict(skipped or {}), folder
+        self.skipped, self.folder, self.note = dict(skipped or {}), folder, note
     def __getitem__(self, name:str) -> Finding:
         for f in self.findings:
             if f.name == name: return f
@@ -76,7 +77,7 @@ class DoctorReport:
         rows = [("section", "check", "status", "evidence")] + [(f.section, f.name, f.status.upper() if f.status != "pass" else f.status,
                                                                f.evidence) for f in self.findings]
         w = [max(len(r[i]) for r in rows) for i in range(3)]
-        lines = [self.summary(), ""] + ["  ".join(r[i].ljust(w[i]) for i in range(3)) + "  " + r[3] for r in rows]
+        lines = ([self.note] if self.note else []) + [self.summary(), ""] + ["  ".join(r[i].ljust(w[i]) for i in range(3)) + "  " + r[3] for r in rows]
         todo = [f for f in self.findings if f.status != "pass" and f.advice]
         if todo: lines += ["", "what to do:"] + [f"  [{f.status}] {f.name}: {f.advice}" for f in todo]
         if self.skipped: lines += ["", "not run:"] + [f"  {k}: {v}" for k, v in self.skipped.items()]
@@ -91,8 +92,37 @@ class DoctorReport:
                        for f in self.findings)
         extra = "".join(f"<li>not run: {e(k)}: {e(v)}</li>" for k, v in self.skipped.items())
         extra += "".join(f"<li>saved: {e(str(p))}</li>" for p in self.files.values())
-        return (f"<p><b>{e(self.summary())}</b></p><table><tr><th>section</th><th>check</th><th>status</th><th>evidence</th>"
+        return ((f"<p>{e(self.note)}</p>" if self.note else "") +
+                f"<p><b>{e(self.summary())}</b></p><table><tr><th>section</th><th>check</th><th>status</th><th>evidence</th>"
                 f"<th>advice</th></tr>{rows}</table>" + (f"<ul>{extra}</ul>" if extra else ""))
+    def _ipython_display_(self):
+        "In a notebook: the table, then the figures it saved (clips, LR range), inline."
+        from IPython.display import Image, display
+        display({"text/html": self._repr_html_(), "text/plain": str(self)}, raw=True)
+        for p in self.files.values():
+            if Path(p).suffix == ".png" and Path(p).exists(): display(Image(filename=str(p)))
+    def to_json(self) -> dict:
+        "The findings, the skipped checks and the saved figures (names inside `folder`), as `report.json` holds them."
+        rel = lambda p: Path(p).name if self.folder is not None and Path(p).parent == Path(self.folder) else str(p)
+        from dataclasses import asdict
+        return {"findings": [asdict(f) for f in self.findings], "skipped": self.skipped,
+                "files": {k: rel(p) for k, p in self.files.items()}}
+    def save(self, folder=None) -> Path:
+        "Write `report.txt` (the table) and `report.json` (what `load` reads) into `folder` (default: the report's)."
+        from har_colab.core import atomic_write_json, atomic_write_text   # on Drive: whole files or none
+        folder = Path(folder or self.folder); folder.mkdir(parents=True, exist_ok=True)
+        atomic_write_text(folder/"report.txt", str(self) + "\n")
+        atomic_write_json(folder/"report.json", self.to_json())
+        return folder/"report.json"
+    @classmethod
+    def load(cls, folder, note:str="") -> "DoctorReport|None":
+        "The report a doctor run saved in `folder` (`RUN/doctor`), figures included; None when there is none."
+        import json
+        path = Path(folder)/"report.json"
+        if not path.exists(): return None
+        d = json.loads(path.read_text())
+        return cls([Finding(**f) for f in d.get("findings", [])], {k: Path(folder)/p for k, p in d.get("files", {}).items()},
+                   d.get("skipped", {}), Path(folder), note)
 
 # %% ../nbs/60_doctor.ipynb #c0e083b4
 def check_class_counts(train:Samples, val:Samples|None=None, imbalance:float=5.0,
@@ -640,15 +670,28 @@ def _pool(ds:ClipDataset, n:int, seed:int) -> tuple:
         xs.append(x); ys.append(int(y))
     return xs, ys
 
+def stored_report(run_dir) -> DoctorReport|None:
+    "The report saved in `run_dir/doctor` when the run has training history (metrics.csv or a checkpoint), else None."
+    run_dir = Path(run_dir)
+    history = [n for n in ("metrics.csv", "checkpoints/last.pt") if (run_dir/n).exists()]
+    if not history: return None
+    note = (f"doctor: {run_dir.name} has trained already ({', '.join(history)}): the report saved before, from "
+            f"{run_dir/'doctor'}, not the checks again (force=True, or har-colab doctor --force, runs them)")
+    return DoctorReport.load(run_dir/"doctor", note)
+
 def doctor(config:TrainConfig, run_dir=None, checks=None, *, samples_override=None, transform_override=None,
            model_override=None, max_videos:int=100, batch_size:int=8, lr_steps:int=40, overfit_steps:int=60,
-           echo=None) -> DoctorReport:
+           echo=None,
+           force:bool=False) -> DoctorReport:   # run the checks even where the run already trained and has a stored report
     "Run the diagnostics for `config`; plots and report.txt go to `run_dir/doctor` (default: `config.run_dir`)."
     cfg = resolve_config(config)
     sections = set(SECTIONS if checks is None else ([checks] if isinstance(checks, str) else checks))
     unknown = sections - set(SECTIONS)
     if unknown: raise HarError(f"unknown doctor checks {sorted(unknown)}; use some of: {', '.join(SECTIONS)}")
     run_dir = Path(run_dir if run_dir is not None else cfg.run_dir).expanduser(); out_dir = run_dir / "doctor"
+    if not force and checks is None and samples_override is None and transform_override is None and model_override is None:
+        stored = stored_report(run_dir)                  # a run that trained already: its report, not the checks again
+        if stored is not None: return stored
     say = echo or (lambda m: None)
     findings, files, skipped = [], {}, {}
     seed_everything(cfg.seed)
@@ -734,7 +777,5 @@ def doctor(config:TrainConfig, run_dir=None, checks=None, *, samples_override=No
             findings += [f for f in (*history_findings(history, C), input_finding(history, cfg)) if f is not None]
         elif checks is not None: skipped["training"] = f"no {metrics} yet"
     report = DoctorReport(findings, files, skipped, out_dir)
-    if files or findings:
-        out_dir.mkdir(parents=True, exist_ok=True)
-        (out_dir / "report.txt").write_text(str(report) + "\n")
+    if files or findings: report.save(out_dir)           # report.txt, report.json (what a later call shows)
     return report

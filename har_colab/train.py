@@ -522,8 +522,24 @@ class EvalResult:
     confusion: list       # [true][predicted] video counts
     checkpoint: Path
     clips: int
+    stored_per_class: dict|None = None   # per-class accuracy read from an eval.json written without its confusion counts
     def per_class(self) -> dict:
+        if not self.confusion and self.stored_per_class is not None: return dict(self.stored_per_class)
         return {c: (row[i] / sum(row) if sum(row) else float("nan")) for i, (c, row) in enumerate(zip(self.class_names, self.confusion))}
+    def to_json(self) -> dict:
+        "What `RUN/eval.json` holds: the checkpoint's name, clips per video, the metrics, per-class accuracy, the confusion counts."
+        return {"checkpoint": self.checkpoint.name, "clips": self.clips, **self.metrics, "per_class": self.per_class(),
+                "class_names": list(self.class_names), "confusion": [list(r) for r in self.confusion]}
+    @classmethod
+    def load(cls, run_dir) -> "EvalResult|None":
+        "The evaluation stored in `run_dir/eval.json`, rebuilt without data or model; None when the run has none."
+        path = Path(run_dir)/"eval.json"
+        if not path.exists(): return None
+        d = json.loads(path.read_text())
+        per_class = d.pop("per_class", {}) or {}
+        names, confusion = d.pop("class_names", None) or list(per_class), d.pop("confusion", None) or []
+        name, clips = d.pop("checkpoint", "best.pt"), int(d.pop("clips", 1))
+        return cls(d, names, confusion, Path(run_dir)/"checkpoints"/name, clips, None if confusion else per_class)
     def summary(self) -> str:
         m = self.metrics
         s = (f"{self.checkpoint.name}: clip accuracy {100*m['val_acc']:.2f}%, video accuracy {100*m['val_video_acc']:.2f}% "
@@ -557,7 +573,7 @@ def evaluate_run(run_dir, checkpoint:str="best", clips:int|None=None, data=None,
     run = RunFolder(run_dir)
     plot_confusion(cm, names, run.root/"confusion.png")
     res = EvalResult(m, names, cm, saved.path, K)
-    atomic_write_json(run.root/"eval.json", {"checkpoint": saved.path.name, "clips": K, **m, "per_class": res.per_class()})
+    atomic_write_json(run.root/"eval.json", res.to_json())
     return res
 
 def evaluated(run:RunFolder) -> bool:
@@ -623,6 +639,8 @@ def fit(config:TrainConfig, callbacks=None, echo=print,
             res = _fit_run(cfg, start, device, callbacks, echo, cli)
             if res.status != "stopped" and is_main() and not evaluated(start.run):   # also after a kill during it
                 res.evaluation = final_evaluation(cfg, start.run, device, res.trainer.micro, echo)
+            if res.evaluation is None and res.status == "already done":    # shown, not evaluated again
+                res.evaluation = EvalResult.load(start.run.root)
         return res
     finally: start.close()                                  # the lock goes when fit ends or fails
 
