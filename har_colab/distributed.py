@@ -17,8 +17,9 @@ from .core import ConfigError
 
 # %% auto #0
 __all__ = ['launched', 'is_distributed', 'rank', 'world_size', 'local_rank', 'is_main', 'dist_timeout', 'init_distributed',
-           'cleanup', 'barrier', 'all_reduce_sum', 'stop_requests', 'from_main', 'first_error', 'from_rank',
-           'gather_objects', 'shard', 'wrap_model', 'broadcast_buffers', 'worker_ignore_signals']
+           'cleanup', 'barrier', 'all_reduce_sum', 'stop_requests', 'from_main', 'first_error', 'leave_error',
+           'peer_error', 'from_rank', 'gather_objects', 'shard', 'wrap_model', 'broadcast_buffers',
+           'worker_ignore_signals']
 
 # %% ../nbs/70_distributed.ipynb #4bf59b86
 def launched() -> bool:
@@ -116,6 +117,23 @@ def first_error(message:str|None) -> str|None:
     r = int(flags.nonzero()[0])
     got = from_rank(message, r)
     return got if r == rank() else f"{got} (process {r})"
+
+_ERROR_KEY = "har_colab/error"
+
+def leave_error(message:str):
+    """Before this process stops with `message` while the others may be inside a collective (an out-of-memory mid-step):
+    leave it in the job's store, where `peer_error` finds it (no-op in a single process)."""
+    if not is_distributed(): return
+    try: dist.distributed_c10d._get_default_store().set(_ERROR_KEY, f"{message} (process {rank()})")
+    except Exception: pass                        # the store is gone: the others see the collective fail, as before
+
+def peer_error() -> str|None:
+    "The line another process left with `leave_error` before it stopped, or None (after a collective failed here)."
+    if not is_distributed(): return None
+    try:
+        store = dist.distributed_c10d._get_default_store()
+        return store.get(_ERROR_KEY).decode() if store.check([_ERROR_KEY]) else None
+    except Exception: return None
 
 def from_rank(obj, src:int):
     "Process `src`'s `obj` in every process."

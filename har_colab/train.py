@@ -30,7 +30,8 @@ from .config import MAY_CHANGE_ON_RESUME, TrainConfig, check_batch_size, config_
 from .build import (RunStart, build_cache, build_model, build_samples, clip_dataset, gpu_decode_device, load_run,
                              open_run, init_from, run_video_sizes, samples_from_saved)
 from .distributed import (all_reduce_sum, barrier, broadcast_buffers, first_error, from_main, init_distributed,
-                                   is_distributed, is_main, rank, shard, stop_requests, worker_ignore_signals, world_size, wrap_model)
+                                   is_distributed, is_main, leave_error, peer_error, rank, shard, stop_requests,
+                                   worker_ignore_signals, world_size, wrap_model)
 from .callbacks import PlotCallback, default_callbacks
 
 # %% auto #0
@@ -329,8 +330,13 @@ class Trainer:
         while True:
             try: return fn()
             except torch.OutOfMemoryError as e: oom = str(e).splitlines()[0]   # handled below, once the traceback is gone
+            except RuntimeError:                           # under DDP: a collective failed because another process stopped
+                why = peer_error()
+                if why is None: raise
+                raise HarError(why) from None              # ... with its one line (out of memory in its step)
             if before_retry: before_retry()
-            self._out_of_memory(where(), oom)
+            try: self._out_of_memory(where(), oom)
+            except HarError as e: leave_error(str(e)); raise
     def _grad_checkpointing(self, why:str) -> int:
         n = enable_grad_checkpointing(self.model, self.spec)
         if n: self.grad_ckpt = True; self.note(f"activation checkpointing on for {n} blocks of {self.cfg.model} ({why})")
