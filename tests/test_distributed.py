@@ -20,9 +20,8 @@ ROOT = Path(__file__).resolve().parents[1]
 
 
 def env(**faults):
-    # every collective gives up after 60 s (the library's default is 60 minutes): work left to process 0 alone (probing,
-    # the final evaluation) would end these jobs, and a hang ends early
-    return dict(os.environ, PYTHONPATH=str(ROOT), OMP_NUM_THREADS="1", PYTHONUNBUFFERED="1", HAR_COLAB_DIST_TIMEOUT="60", **faults)
+    # a collective gives up after 300 s (the library's default: 60 minutes), so a process left waiting ends within the test
+    return dict(os.environ, PYTHONPATH=str(ROOT), OMP_NUM_THREADS="1", PYTHONUNBUFFERED="1", HAR_COLAB_DIST_TIMEOUT="300", **faults)
 
 
 def free_port():
@@ -210,3 +209,18 @@ def test_out_of_memory_in_one_process_of_a_transformer_run_is_one_line_in_every_
     assert sum("(process 1)" in l for l in lines) == 1                  # process 0 says whose it was
     assert "activation checkpointing" not in out and "exitcode  : 2" in out, out[-4000:]
     if fault == "HAR_COLAB_OOM_ABOVE": assert not (d / "config.json").exists() and not (d / "checkpoints").exists()
+
+
+def test_the_job_waits_60_minutes_for_a_slow_process_not_nccls_10(monkeypatch):
+    "init_process_group gets a timeout of its own (a checkpoint on a slow disk outlasts NCCL's default 10 minutes)."
+    import datetime
+    import torch.distributed as dist
+    from har_colab import distributed
+    seen = []
+    monkeypatch.setenv("RANK", "0"); monkeypatch.setenv("WORLD_SIZE", "2")
+    monkeypatch.setattr(dist, "is_initialized", lambda: False)
+    monkeypatch.setattr(dist, "init_process_group", lambda backend, **kw: seen.append((backend, kw)))
+    assert distributed.init_distributed("cpu") == "cpu"
+    monkeypatch.setenv("HAR_COLAB_DIST_TIMEOUT", "5")
+    distributed.init_distributed("cpu")
+    assert seen == [("gloo", {"timeout": datetime.timedelta(minutes=60)}), ("gloo", {"timeout": datetime.timedelta(seconds=5)})]
