@@ -299,8 +299,11 @@ class Trainer:
         for m in self.notes: self.note(m)
         self.notes = []
     def _forward(self, x, step:int|None=None):
-        fault_oom(len(x), step)                          # fault injection: an out-of-memory where a test asks for one
-        return self.net(x)
+        "`self.net(x)`; an injected out-of-memory (a test's) fires inside the model, where a real one does: under DDP after its buffer broadcast."
+        if self.net is self.model: fault_oom(len(x), step); return self.net(x)
+        hook = self.model.register_forward_pre_hook(lambda m, a: fault_oom(len(x), step))
+        try: return self.net(x)
+        finally: hook.remove()
     def memory_check(self):
         """One real training forward + backward at the micro-batch under the run's autocast, before the first step, so an
         out-of-memory shows where it costs nothing; random states, gradients and BatchNorm statistics are put back."""
