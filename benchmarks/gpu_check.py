@@ -5,7 +5,7 @@
 
 Sections: the device and the autocast type `amp=auto` picks; one training step of r3d_18 / x3d_s / mvit_v2_s in fp16,
 bf16 (where native) and fp32 (s/step, clips/s); peak memory at micro-batch 1, 4, 8; the out-of-memory fallback on a
-deliberately too-large batch (on the CPU it is injected: HAR_COLAB_OOM_ABOVE); a short real run killed with SIGKILL and
+deliberately too-large batch (on the CPU it is injected: HAR_COLAB_OOM_ABOVE) and in the final evaluation (injected); a short real run killed with SIGKILL and
 resumed (same samples, weights compared with an uninterrupted run); the input pipeline on 2 CPU cores (Colab's
 count) against the GPU's training rate, which says whether input or the GPU bounds an epoch; and `--decode-device cuda`
 (torchcodec's NVDEC decoder against its CPU decoder, pixels compared, a 1-epoch run), on the CPU its one-line refusal.
@@ -106,17 +106,23 @@ def train_args(run, data, model, dev, *extra):
 
 
 def oom_section(dev, data, tmp, model, batch):
-    "A run whose batch does not fit: on a GPU for real, on the CPU injected above micro-batch 2."
-    env = {} if dev.type == "cuda" else {"HAR_COLAB_OOM_ABOVE": "2"}
+    """A run whose batch does not fit: on a GPU for real, on the CPU injected above micro-batch 2; its validation and final
+    evaluation run out of memory above 1 clip (injected on both: HAR_COLAB_OOM_EVAL_ABOVE=1) and go on in pieces."""
+    env = {"HAR_COLAB_OOM_EVAL_ABOVE": "1"} if dev.type == "cuda" else {"HAR_COLAB_OOM_ABOVE": "2", "HAR_COLAB_OOM_EVAL_ABOVE": "1"}
     run = tmp / "oom"
     r = har(*train_args(run, data, model, dev, "--epochs", "1", "--batch-size", batch, "--max-steps-per-epoch", "1"), env=env)
     lines = [l.split(" ", 1)[1] for l in (run / "events.log").read_text().splitlines() if "out of memory" in l or "checkpointing on" in l] \
         if (run / "events.log").exists() else []
     how = "real" if dev.type == "cuda" else "injected (HAR_COLAB_OOM_ABOVE=2)"
-    ok = r.returncode == 0 and lines
+    train = [l for l in lines if "evaluation of best.pt" not in l and "validation of" not in l]
+    final = [l for l in lines if "in the evaluation of best.pt: continuing at batch" in l]
+    ok = r.returncode == 0 and train
     out = [f"- {model}, batch {batch}, out-of-memory {how}: exit {r.returncode}, {'completed' if ok else 'FAILED'}"]
-    out += [f"  - {l}" for l in lines] or [f"  - {r.stderr.strip().splitlines()[-1] if r.stderr.strip() else 'no out-of-memory happened'}"]
-    return out, bool(ok) or (dev.type == "cuda" and r.returncode == 0)
+    out += [f"  - {l}" for l in train] or [f"  - {r.stderr.strip().splitlines()[-1] if r.stderr.strip() else 'no out-of-memory happened'}"]
+    done = r.returncode == 0 and bool(final) and (run / "eval.json").exists()
+    out += [f"- the final evaluation out of memory above 1 clip (injected, HAR_COLAB_OOM_EVAL_ABOVE=1): "
+            f"{'eval.json written' if done else 'FAILED'}"] + [f"  - {l}" for l in final]
+    return out, (bool(ok) or (dev.type == "cuda" and r.returncode == 0)) and done
 
 
 def resume_section(dev, data, tmp, model, epochs, batch):

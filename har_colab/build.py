@@ -18,7 +18,7 @@ import torch
 from torch import nn
 
 from .core import ConfigError, DataError, HarError, RunFolderError
-from .distributed import from_main, is_main
+from .distributed import from_main, gather_objects, is_main, shard
 from .datasets import ProbeResult, Samples, _first_bad, load_samples, probe_videos, subset, train_val_split
 from .cache import ClipCache
 from .env import in_colab, in_notebook
@@ -30,8 +30,9 @@ from .config import TrainConfig, apply_recipe, config_diff, config_from_dict, ke
 
 # %% auto #0
 __all__ = ['CPU_MODELS', 'build_samples', 'samples_from_saved', 'build_model', 'init_state', 'init_from', 'build_cache',
-           'clip_dataset', 'gpu_decode_device', 'SavedRun', 'checkpoint_path', 'load_run', 'RunStart', 'open_run',
-           'run_video_sizes', 'cpu_step_seconds', 'colab_without_gpu', 'check_colab_gpu']
+           'clip_dataset', 'gpu_decode_device', 'SavedRun', 'checkpoint_path', 'load_run', 'RunStart',
+           'probe_run_videos', 'open_run', 'run_video_sizes', 'cpu_step_seconds', 'colab_without_gpu',
+           'check_colab_gpu']
 
 # %% ../nbs/35_build.ipynb #67fa4bc0
 def build_samples(cfg:TrainConfig) -> tuple:
@@ -152,6 +153,16 @@ def clip_dataset(cfg:TrainConfig, samples:Samples, train:bool,
                                  clips_per_video=cfg.train_clips or 1, **kw)
     return ClipDataset(samples, spec, train=False, clips_per_video=clips_per_video or cfg.eval_clips, **kw)
 
+_NO_CUDA_BUILD = ("cuda device", "not compiled", "cuda support", "unsupported device", "cuda is not available", "nvcuvid")
+
+def _nvdec_fails_on_file(path, why:str) -> bool:
+    "Whether a GPU decode of `path` that failed with `why` is the file's codec (the CPU decodes it), not a torchcodec without CUDA."
+    if any(s in why.lower() for s in _NO_CUDA_BUILD): return False
+    try:
+        with open_video(path, "torchcodec", size=False) as v: v.read([0])
+        return True
+    except Exception: return False
+
 def gpu_decode_device(cfg:TrainConfig, device, path=None) -> torch.device|None:
     """The GPU that `cfg.decode_device='cuda'` decodes on: the training `device`, checked by decoding a frame of the video
     at `path`; None where videos are decoded on the CPU. `ConfigError` naming the fix where the GPU decoder is missing."""
@@ -170,11 +181,14 @@ def gpu_decode_device(cfg:TrainConfig, device, path=None) -> torch.device|None:
     except Exception as e:   # e.g. a CPU-only torchcodec: "Failed to get current CUDA device"
         cu = f"cu{torch.version.cuda.replace('.', '')}" if torch.version.cuda else "cuXXX"
         why = _reason(e).split(f"{path}: ", 1)[-1]
+        if _nvdec_fails_on_file(path, why):      # the GPU decoder works, this file's codec is what it fails on
+            raise ConfigError(f"{flag}: NVDEC cannot decode {path} ({why}), a codec or profile it lacks (MPEG-4 Part 2 in AVI, "
+                              "HMDB51's own format, is one); use --decode-device cpu (with --cache local each video is "
+                              "decoded once), or re-encode the videos to H.264") from None
         raise ConfigError(f"{flag}: torchcodec cannot decode on {device} here ({why}); install its CUDA build for "
                           f"torch {torch.__version__.split('+')[0]} (pip install torchcodec --index-url "
                           f"https://download.pytorch.org/whl/{cu}), or use --decode-device cpu") from None
     return device
-
 
 # %% ../nbs/35_build.ipynb #c57818a9
 @dataclass
@@ -306,6 +320,15 @@ def _take_folder(run:RunFolder, cfg:TrainConfig, echo, wait:bool=False) -> tuple
         if old is not None: run.log(f"restarted: the previous run's files moved to {old}", echo)
     return lock, created
 
+def probe_run_videos(cfg:TrainConfig, paths) -> ProbeResult:
+    """The probing pass of a new run over `paths`: under torchrun each process probes its block of the files and every
+    process gets the whole result (no process probes alone while the others wait in a collective)."""
+    paths = [str(p) for p in paths]
+    part = shard(len(paths))
+    parts = gather_objects(probe_videos(paths[part.start:part.stop], cfg.backend, progress=cfg.progress and is_main()))
+    info = {p: i for r in parts for p, i in r.info.items()}
+    return ProbeResult({p: info[p] for p in paths}, max(r.seconds for r in parts))
+
 def open_run(cfg:TrainConfig, echo=print,
              raw=None,               # the config as the user gave it: the recipe fills only what it left unset
              wait:bool|None=None     # wait for a lock held on another machine (None: in a notebook) instead of refusing
@@ -343,7 +366,7 @@ def open_run(cfg:TrainConfig, echo=print,
             if note: run.log(note, echo)
         else:
             train, val = build_samples(cfg)
-            start.probe = from_main(probe_videos(train.paths + val.paths, cfg.backend, progress=cfg.progress) if is_main() else None)
+            start.probe = probe_run_videos(cfg, train.paths + val.paths)
             train, val = _leave_out_unreadable(cfg, start.probe, train, val, run, echo)
             line = apply_recipe(cfg, raw, train.counts())
             if line: run.log(line, echo)

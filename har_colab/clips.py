@@ -17,8 +17,8 @@ from .transforms import VideoTransform
 from .video import open_video, other_backends, resolve_backend
 
 # %% auto #0
-__all__ = ['REFERENCE_FPS', 'effective_stride', 'clip_span', 'clip_indices', 'train_clip_indices', 'eval_clip_indices',
-           'ClipDataset']
+__all__ = ['REFERENCE_FPS', 'GPU_FAILED', 'effective_stride', 'clip_span', 'clip_indices', 'train_clip_indices',
+           'eval_clip_indices', 'gpu_failed_videos', 'ClipDataset']
 
 # %% ../nbs/12_clips.ipynb #8a01bc4f
 REFERENCE_FPS = 30.0
@@ -63,6 +63,14 @@ def _log_once(run_dir, message:str, marker:str) -> bool:
         log_event(run_dir, message)
     return True
 
+GPU_FAILED = "NVDEC failed on a video, decoded on the CPU from now on: "   # events.log: one line per such video
+
+def gpu_failed_videos(run_dir) -> set:
+    "The videos NVDEC failed on earlier in the run in `run_dir` (its events.log): they decode on the CPU after a resume too."
+    try: text = (Path(run_dir)/"events.log").read_text(encoding="utf-8")
+    except (OSError, TypeError): return set()
+    return {l.split(GPU_FAILED, 1)[1].strip() for l in text.splitlines() if GPU_FAILED in l}
+
 class ClipDataset(torch.utils.data.Dataset):
     "Clips shaped for `spec` from the videos in `samples`; item: (float clip `C,T,H,W`, label), uint8 with `normalize=False`."
     def __init__(self, samples:Samples, spec, train:bool, backend:str="decord", clips_per_video:int=1,
@@ -93,6 +101,8 @@ class ClipDataset(torch.utils.data.Dataset):
         self.bad_videos = []          # paths skipped in this process
         self.fallbacks = []           # paths the chosen backend could not decode but another one could
         self.cpu_decoded = []         # paths the GPU decoder handed to the CPU (NVDEC lacks their codec)
+        # videos NVDEC failed on (mid-decode): read on the CPU for the rest of the run, also after a resume (events.log)
+        self.cpu_files = gpu_failed_videos(run_dir) if self.on_gpu and run_dir is not None else set()
         self._noted = set()           # markers of the once-per-run lines this process has reported
         if self.on_gpu and cache not in (None, "none"):
             raise DataError(f"the clip cache holds CPU-decoded clips; decoding on {self.decode_device} needs cache='none'")
@@ -108,21 +118,28 @@ class ClipDataset(torch.utils.data.Dataset):
     def on_gpu(self) -> bool:
         "Whether videos are decoded on a GPU (items on it: no DataLoader workers, no pinned memory)."
         return self.decode_device.type != "cpu"
-    def _open(self, path, backend:str|None=None):
-        "The video at `path`, from the cache when it has (or may build) it, else from the decoder."
+    def _open(self, path, backend:str|None=None, cpu:bool=False):
+        "The video at `path`, from the cache when it has (or may build) it, else from the decoder (on the CPU: `cpu`)."
         backend = backend or self.backend
         known = self.video_sizes.get(str(path))
         if self.cache is not None and self.cache.allows(path): return self.cache.open(path, backend, source_size=known)
         return open_video(path, backend, size=False, short_side=self.transform.resize, source_size=known,
                           decoder_resize=self.decoder_resize,   # frames and fps are all a clip needs
-                          device=self.decode_device if backend == self.backend else "cpu")   # fallbacks: on the CPU
+                          device=self.decode_device if backend == self.backend and not cpu else "cpu")   # fallbacks: on the CPU
     def __len__(self): return len(self.samples) * self.clips_per_video
     def video_index(self, i:int) -> int: return i // self.clips_per_video
     def _read_video(self, v:int, k:int, epoch:int, span:tuple|None=None) -> tuple:
         "Clip `k` of video `v` for `epoch` (in evaluation: of frames `span`): uint8 `T,C,H,W` and label; `DataError` when no backend decodes the file."
         path, label = self.samples[v]
-        try: return self._read_with(self.backend, path, v, k, epoch, span), label
+        cpu = str(path) in self.cpu_files                  # NVDEC failed on it before: straight to the CPU decoder
+        try: return self._read_with(self.backend, path, v, k, epoch, span, cpu), label
         except DataError as first:
+            if self.on_gpu and not cpu:                    # NVDEC gave up mid-decode: torchcodec on the CPU, from now on
+                try: x = self._read_with(self.backend, path, v, k, epoch, span, cpu=True)
+                except DataError: pass
+                else:
+                    self._note_gpu_failed(path, first)
+                    return x, label
             # only now look at (and import) the other backends: a worker that never meets such a file never loads them
             for backend in other_backends(self.backend):
                 try: x = self._read_with(backend, path, v, k, epoch, span)
@@ -149,9 +166,21 @@ class ClipDataset(torch.utils.data.Dataset):
         self._say_once(marker, f"{marker} torchcodec on {self.decode_device} could not decode {path} with NVDEC (its codec "
                        "or profile) and decoded it on the CPU; such videos cost CPU time (re-encode them to H.264 or HEVC "
                        "to decode on the GPU)")
-    def _read_with(self, backend:str, path, v:int, k:int, epoch:int, span:tuple|None=None) -> torch.Tensor:
+    def _note_gpu_failed(self, path:str, error:DataError):
+        """Remember that NVDEC fails on `path`: it decodes on the CPU for the rest of the run (a line per video in events.log,
+        read back on resume); said once per run."""
+        self.cpu_files.add(str(path))
+        if path not in self.cpu_decoded: self.cpu_decoded.append(path)
+        if self.run_dir is not None:
+            _log_once(self.run_dir, f"{GPU_FAILED}{path}", f"{GPU_FAILED}{path}\n")
+        marker = "GPU decoder failed mid-decode:"
+        self._say_once(marker, f"{marker} torchcodec on {self.decode_device} could not decode {path} ({error}); it and every "
+                       "other video NVDEC fails on are decoded on the CPU for the rest of the run (listed in events.log), "
+                       "without another try on the GPU; such videos cost CPU time (re-encode them to H.264, or "
+                       "--decode-device cpu decodes all videos with DataLoader workers)")
+    def _read_with(self, backend:str, path, v:int, k:int, epoch:int, span:tuple|None=None, cpu:bool=False) -> torch.Tensor:
         g = torch_generator(self.seed, int(epoch), v, "clip", *([k] if k else []))   # clip 0: the draw of one clip per video
-        with self._open(path, backend) as video:
+        with self._open(path, backend, cpu) as video:
             stride = effective_stride(self.spec.stride, video.info.fps)
             if self.train: idx = train_clip_indices(video.info.frames, self.frames, stride, g)
             else:

@@ -26,7 +26,7 @@ __all__ = ['VML_OPS', 'HarError', 'ConfigError', 'DataError', 'CheckpointError',
            'seed_everything', 'derive_seed', 'torch_generator', 'warm_up_cpu_math', 'resolve_device', 'native_bf16',
            'amp_dtype', 'device_settings', 'dtype_name', 'amp_warning', 'fsync_dir', 'write_temp', 'commit_temp',
            'atomic_write', 'atomic_write_text', 'atomic_write_json', 'log_event', 'fault_injected', 'fault_at',
-           'fault_oom', 'kill_self', 'fault_oserror', 'fault_pause']
+           'fault_oom', 'kill_self', 'fault_oserror', 'fault_pause', 'HalvingBatches']
 
 # %% ../nbs/00_core.ipynb #d5bec1c3
 class HarError(Exception):
@@ -275,3 +275,42 @@ def fault_pause(var:str, at:int, timeout:float=900):
     (folder/f"paused-{at}").write_text(str(os.getpid()))
     deadline = time.time() + timeout
     while not (folder/f"go-{at}").exists() and time.time() < deadline: time.sleep(0.05)
+
+# %% ../nbs/00_core.ipynb #174bb7c2
+class HalvingBatches:
+    """Run a model over batches of clips in pieces of at most `size`, halving `size` after each `torch.OutOfMemoryError`;
+    `HarError` (one line: `where`, the batch it tried, `fix`) when even one clip does not fit."""
+    def __init__(self, size:int, where:str, fix:str,
+                 note=None):                # called with a line each time the batch halves (e.g. `print`, a run's log)
+        self.size, self.first, self.where, self.fix, self.note = max(1, int(size)), max(1, int(size)), where, fix, note
+    @property
+    def halved(self) -> bool: return self.size < self.first
+    def __call__(self, fn, *batch) -> list:
+        "`fn(*piece)` for each piece of the tensors `batch` (cut along dim 0), in order; a piece that ran out runs again."
+        n, i, out = len(batch[0]), 0, []
+        while i < n:
+            j = min(n, i + self.size)
+            try:
+                fault_oom(j - i)                    # fault injection: an out-of-memory where a test asks for one, also
+                above = os.environ.get("HAR_COLAB_OOM_EVAL_ABOVE")   # in these passes only (not in training's)
+                if above and j - i > int(above) and _fault_here():
+                    raise torch.OutOfMemoryError(f"CUDA out of memory (injected: HAR_COLAB_OOM_EVAL_ABOVE={above}, {j - i} clips)")
+                out.append(fn(*(t[i:j] for t in batch))); i = j; continue
+            except torch.OutOfMemoryError as e: err = str(e).splitlines()[0]   # handled below, once the traceback is gone
+            self.halve(err)
+        return out
+    def run(self, fn):
+        "`fn(size)` (a whole step done in pieces of `size`), run again from its start at half the size after an out-of-memory."
+        while True:
+            try: return fn(self.size)
+            except torch.OutOfMemoryError as e: err = str(e).splitlines()[0]
+            self.halve(err)
+    def halve(self, error:str):
+        "After an out-of-memory: free the memory and halve the batch; `HarError` at batch 1."
+        import gc
+        gc.collect()
+        if torch.cuda.is_available(): torch.cuda.empty_cache()
+        if self.size <= 1:
+            raise HarError(f"out of GPU memory in {self.where} even at batch 1 ({error[:100]}); {self.fix}") from None
+        old, self.size = self.size, self.size // 2
+        if self.note: self.note(f"out of memory at batch {old} in {self.where}: continuing at batch {self.size}")

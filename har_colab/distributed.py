@@ -5,6 +5,7 @@
 # %% ../nbs/70_distributed.ipynb #2c887aa5
 from __future__ import annotations
 
+import datetime as _dt
 import os
 import signal
 
@@ -15,8 +16,9 @@ from torch import nn
 from .core import ConfigError
 
 # %% auto #0
-__all__ = ['launched', 'is_distributed', 'rank', 'world_size', 'local_rank', 'is_main', 'init_distributed', 'cleanup', 'barrier',
-           'all_reduce_sum', 'stop_requests', 'from_main', 'shard', 'wrap_model', 'broadcast_buffers',
+__all__ = ['launched', 'is_distributed', 'rank', 'world_size', 'local_rank', 'is_main', 'dist_timeout', 'init_distributed',
+           'cleanup', 'barrier', 'all_reduce_sum', 'stop_requests', 'from_main', 'first_error', 'leave_error',
+           'peer_error', 'from_rank', 'gather_objects', 'shard', 'wrap_model', 'broadcast_buffers',
            'worker_ignore_signals']
 
 # %% ../nbs/70_distributed.ipynb #4bf59b86
@@ -45,6 +47,10 @@ def is_main() -> bool:
     return rank() == 0
 
 # %% ../nbs/70_distributed.ipynb #746df54b
+def dist_timeout() -> _dt.timedelta:
+    "How long a collective waits for the slowest process: 60 minutes (`$HAR_COLAB_DIST_TIMEOUT` seconds)."
+    return _dt.timedelta(seconds=float(os.environ.get("HAR_COLAB_DIST_TIMEOUT") or 3600))
+
 def init_distributed(device:str="auto") -> str:
     "Join the torchrun job, if any; returns the device this process trains on (`device` itself in a single process)."
     if not launched(): return device
@@ -53,7 +59,7 @@ def init_distributed(device:str="auto") -> str:
         raise ConfigError(f"device={device!r} under torchrun; use --device auto (one GPU per process) or cpu")
     if not dist.is_initialized():
         if not cpu: torch.cuda.set_device(int(os.environ.get("LOCAL_RANK", "0")))
-        dist.init_process_group("gloo" if cpu else "nccl")
+        dist.init_process_group("gloo" if cpu else "nccl", timeout=dist_timeout())
     return "cpu" if cpu else f"cuda:{int(os.environ.get('LOCAL_RANK', '0'))}"
 
 def cleanup():
@@ -100,6 +106,48 @@ def from_main(obj):
     box = [obj if is_main() else None]
     dist.broadcast_object_list(box, src=0)
     return box[0]
+
+def first_error(message:str|None) -> str|None:
+    """The error `message` of the first process that has one (with its number), or None; the same answer in every process:
+    a check that fails in one process (e.g. out of memory) stops all of them with its line, none waits in a collective."""
+    if not is_distributed(): return message
+    flags = torch.zeros(world_size(), dtype=torch.float64); flags[rank()] = message is not None
+    flags = all_reduce_sum(flags)
+    if not flags.any(): return None
+    r = int(flags.nonzero()[0])
+    got = from_rank(message, r)
+    return got if r == rank() else f"{got} (process {r})"
+
+_ERROR_KEY = "har_colab/error"
+
+def leave_error(message:str):
+    """Before this process stops with `message` while the others may be inside a collective (an out-of-memory mid-step):
+    leave it in the job's store, where `peer_error` finds it (no-op in a single process)."""
+    if not is_distributed(): return
+    try: dist.distributed_c10d._get_default_store().set(_ERROR_KEY, f"{message} (process {rank()})")
+    except Exception: pass                        # the store is gone: the others see the collective fail, as before
+
+def peer_error() -> str|None:
+    "The line another process left with `leave_error` before it stopped, or None (after a collective failed here)."
+    if not is_distributed(): return None
+    try:
+        store = dist.distributed_c10d._get_default_store()
+        return store.get(_ERROR_KEY).decode() if store.check([_ERROR_KEY]) else None
+    except Exception: return None
+
+def from_rank(obj, src:int):
+    "Process `src`'s `obj` in every process."
+    if not is_distributed(): return obj
+    box = [obj if rank() == src else None]
+    dist.broadcast_object_list(box, src=src)
+    return box[0]
+
+def gather_objects(obj) -> list:
+    "Every process's `obj`, in process order (`[obj]` in a single process)."
+    if not is_distributed(): return [obj]
+    out = [None] * world_size()
+    dist.all_gather_object(out, obj)
+    return out
 
 # %% ../nbs/70_distributed.ipynb #bec571bf
 def shard(n:int, part:int|None=None, parts:int|None=None) -> range:

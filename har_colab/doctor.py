@@ -5,6 +5,7 @@
 # %% ../nbs/60_doctor.ipynb #55cca740
 from __future__ import annotations
 
+import contextlib
 import copy
 import csv
 import hashlib
@@ -19,7 +20,8 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from .core import ConfigError, HarError, native_bf16, resolve_device, seed_everything
+from .core import (ConfigError, HalvingBatches, HarError, amp_dtype, dtype_name, fault_oom, native_bf16,
+                            resolve_device, seed_everything)
 from .datasets import Samples
 from .clips import ClipDataset
 from .models import LoadReport, count_parameters, create_model, get_spec, load_report
@@ -34,9 +36,9 @@ __all__ = ['STATUSES', 'CAUSE_ORDER', 'SECTIONS', 'Finding', 'DoctorReport', 'ch
            'check_few_videos', 'file_fingerprint', 'check_leakage', 'check_labels', 'read_clips', 'check_decoding',
            'motion_descriptor', 'knn_agreement', 'check_label_consistency', 'as_bcthw', 'check_layout',
            'check_input_stats', 'check_temporal', 'save_clip_grid', 'check_parameters', 'check_pretrained',
-           'check_initial_loss', 'check_gradients', 'make_doctor_optimizer', 'LRRangeResult', 'lr_range_test',
-           'check_lr', 'plot_lr_range', 'overfit_batch', 'check_overfit', 'nan_advice', 'history_findings',
-           'input_finding', 'read_history', 'DoctorCallback', 'stored_report', 'doctor']
+           'check_initial_loss', 'train_loss', 'check_gradients', 'make_doctor_optimizer', 'LRRangeResult',
+           'lr_range_test', 'check_lr', 'plot_lr_range', 'overfit_batch', 'check_overfit', 'nan_advice',
+           'history_findings', 'input_finding', 'read_history', 'DoctorCallback', 'stored_report', 'doctor']
 
 # %% ../nbs/60_doctor.ipynb #0df32a70
 STATUSES = ("pass", "warn", "fail")
@@ -414,11 +416,13 @@ def check_pretrained(report:LoadReport) -> Finding:
                    "delete the cached weights to download them again, and check the versions of torchvision/pytorchvideo/transformers", "model")
 
 # %% ../nbs/60_doctor.ipynb #c74b2c4a
-def check_initial_loss(model:nn.Module, x:torch.Tensor, y:torch.Tensor, num_classes:int, tolerance:float=1.0) -> Finding:
+def check_initial_loss(model:nn.Module, x:torch.Tensor, y:torch.Tensor, num_classes:int, tolerance:float=1.0,
+                       pieces:HalvingBatches|None=None) -> Finding:   # how a batch too large for the GPU is cut
     "Cross-entropy of the untrained model on batch `(x, y)` (eval mode) vs ln(num_classes)."
     was = model.training; model.eval()
+    pieces = pieces or HalvingBatches(len(x), "the doctor's initial-loss check", "use fewer --frames or a smaller model")
     try:
-        with torch.no_grad(): out = model(x).float()
+        with torch.no_grad(): out = torch.cat(pieces(lambda xb: model(xb).float(), x))
     finally: model.train(was)
     loss, ref = float(F.cross_entropy(out, y)), math.log(num_classes)
     ev = f"initial loss {loss:.3f} vs ln({num_classes}) = {ref:.3f}; logit std {float(out.std()):.2f}"
@@ -437,13 +441,30 @@ def _groups(model:nn.Module) -> dict:
     if own: g["(own)"] = own
     return {k: v for k, v in g.items() if v}
 
-def check_gradients(model:nn.Module, x:torch.Tensor, y:torch.Tensor) -> Finding:
-    "One backward pass: gradients finite and non-zero in every trainable top-level layer group."
+def train_loss(model:nn.Module, x:torch.Tensor, y:torch.Tensor, pieces:HalvingBatches|None=None, autocast=None,
+               scaler=None) -> float:
+    """Mean cross-entropy of batch `(x, y)`, its gradients in the parameters' `.grad` (zeroed first): forward and backward
+    in pieces of `pieces.size` clips, the whole batch again at half the size after an out-of-memory (the same gradients)."""
+    pieces = pieces or HalvingBatches(len(x), "the doctor's training step", "use fewer --frames or a smaller model")
+    autocast = autocast or contextlib.nullcontext
+    def step(size:int) -> float:
+        model.zero_grad(set_to_none=True); total = 0.0
+        for i in range(0, len(x), size):
+            xb, yb = x[i:i + size], y[i:i + size]
+            fault_oom(len(xb))                      # fault injection: an out-of-memory where a test asks for one
+            with autocast(): loss = F.cross_entropy(model(xb).float(), yb, reduction="sum") / len(x)
+            (scaler.scale(loss) if scaler is not None else loss).backward()
+            total += float(loss.detach())
+        return total
+    return pieces.run(step)
+
+def check_gradients(model:nn.Module, x:torch.Tensor, y:torch.Tensor, pieces:HalvingBatches|None=None) -> Finding:
+    "One backward pass (float32): gradients finite and non-zero in every trainable top-level layer group."
     groups = _groups(model)
     if not groups: return Finding("gradients", "fail", "no trainable parameters to receive gradients",
                                   "unfreeze something (see trainable parameters)", "model")
-    was = model.training; model.train(); model.zero_grad(set_to_none=True)
-    try: F.cross_entropy(model(x).float(), y).backward()
+    was = model.training; model.train()
+    try: train_loss(model, x, y, pieces)
     finally: model.train(was)
     norms = {}
     for n, ps in groups.items():
@@ -459,6 +480,22 @@ def check_gradients(model:nn.Module, x:torch.Tensor, y:torch.Tensor) -> Finding:
     return Finding("gradients", "pass", ev, section="model")
 
 # %% ../nbs/60_doctor.ipynb #c0990125
+def _trainer_step(model:nn.Module, opt, amp:torch.dtype|None, pieces:HalvingBatches, clip:float|None=None):
+    """`step(x, y)` -> the loss before the step: one optimizer step of `model` under autocast `amp` (a GradScaler with
+    fp16), in pieces that fit the GPU; a non-finite loss takes no step."""
+    device = next(model.parameters()).device
+    scaler = torch.amp.GradScaler(device.type, enabled=amp == torch.float16)
+    autocast = (lambda: torch.autocast(device.type, dtype=amp)) if amp is not None else None
+    params = [p for p in model.parameters() if p.requires_grad]
+    def step(x, y) -> float:
+        l = train_loss(model, x, y, pieces, autocast, scaler)
+        if not math.isfinite(l): return l
+        if clip:
+            scaler.unscale_(opt); torch.nn.utils.clip_grad_norm_(params, clip)
+        scaler.step(opt); scaler.update(); opt.zero_grad(set_to_none=True)
+        return l
+    return step
+
 def make_doctor_optimizer(params, name:str, lr:float):
     "The optimizer the run uses (AdamW or SGD with Nesterov momentum), without weight decay."
     params = [p for p in params if p.requires_grad]
@@ -475,19 +512,21 @@ class LRRangeResult:
     min_loss_lr: float|None = None  # the LR with the lowest smoothed loss
 
 def lr_range_test(model:nn.Module, batches, optimizer:str="adamw", start:float=1e-5, end:float=1.0, steps:int=40,
-                  diverge:float=4.0) -> LRRangeResult:
+                  diverge:float=4.0,
+                  amp:torch.dtype|None=None,             # the run's autocast dtype (fp16 steps through a GradScaler)
+                  pieces:HalvingBatches|None=None) -> LRRangeResult:   # how a batch too large for the GPU is cut
     "Train a copy of `model` on `batches` (a list of (x, y), cycled) with the LR growing from `start` to `end`."
     model = copy.deepcopy(model).train()
     opt = make_doctor_optimizer(model.parameters(), optimizer, start)
+    step = _trainer_step(model, opt, amp, pieces or HalvingBatches(len(batches[0][0]), "the doctor's LR range test",
+                                                                   "use fewer --frames or a smaller model"))
     lrs, losses, smoothed, avg, best, div = [], [], [], 0.0, float("inf"), None
     for i in range(steps):
         lr = start * (end / start) ** (i / max(1, steps - 1))
         for g in opt.param_groups: g["lr"] = lr
         x, y = batches[i % len(batches)]
-        loss = F.cross_entropy(model(x).float(), y)
-        l = float(loss.detach())
+        l = step(x, y)
         if not math.isfinite(l): div = lr; break
-        opt.zero_grad(set_to_none=True); loss.backward(); opt.step()
         avg = 0.7 * avg + 0.3 * l; s = avg / (1 - 0.7 ** (i + 1))
         lrs.append(lr); losses.append(l); smoothed.append(s)
         best = min(best, s)
@@ -526,18 +565,20 @@ def plot_lr_range(res:LRRangeResult, lr:float|None, path) -> Path:
 
 # %% ../nbs/60_doctor.ipynb #e6699799
 def overfit_batch(model:nn.Module, x:torch.Tensor, y:torch.Tensor, lr:float, optimizer:str="adamw", steps:int=60,
-                  target:float=0.1) -> list:
+                  target:float=0.1,
+                  amp:torch.dtype|None=None,             # the run's autocast dtype (fp16 steps through a GradScaler)
+                  pieces:HalvingBatches|None=None) -> list:   # how a batch too large for the GPU is cut
     "Losses of a copy of `model` trained on the one batch `(x, y)` for up to `steps` steps (stops below `target`)."
     model = copy.deepcopy(model).train()
     params = [p for p in model.parameters() if p.requires_grad]
-    opt = make_doctor_optimizer(params, optimizer, lr) if params else None
+    pieces = pieces or HalvingBatches(len(x), "the doctor's overfit check", "use fewer --frames or a smaller model")
+    if not params:
+        with torch.no_grad(): return [float(F.cross_entropy(torch.cat(pieces(lambda xb: model(xb).float(), x)), y))]
+    step = _trainer_step(model, make_doctor_optimizer(params, optimizer, lr), amp, pieces, clip=1.0)
     losses = []
     for _ in range(steps):
-        loss = F.cross_entropy(model(x).float(), y)
-        losses.append(float(loss.detach()))
-        if not math.isfinite(losses[-1]) or losses[-1] < target or opt is None: break
-        opt.zero_grad(set_to_none=True); loss.backward()
-        torch.nn.utils.clip_grad_norm_(params, 1.0); opt.step()
+        losses.append(step(x, y))                 # the loss before this step's update, as before
+        if not math.isfinite(losses[-1]) or losses[-1] < target: break
     return losses
 
 CAUSE_ORDER = ("trainable parameters", "layout", "input statistics", "frames change in time", "gradients", "learning rate",
@@ -748,23 +789,37 @@ def doctor(config:TrainConfig, run_dir=None, checks=None, *, samples_override=No
         if not runnable:
             for s in sorted(sections & {"model", "optimisation"}): skipped[s] = f"the batch does not fit the model ({layout.evidence})"
         else:
+            # the run's autocast; a batch too large for the GPU is cut into pieces (one line at one clip)
+            amp = amp_dtype(device, cfg.amp)
+            pieces = HalvingBatches(B, "the doctor's checks", f"use fewer --frames or a smaller model ({cfg.model}, {cfg.frames} "
+                                    f"frames, autocast {dtype_name(amp)})", note=say)
+            before = len(findings)
             try:
                 if "model" in sections:
                     say("doctor: model")
-                    findings += [check_parameters(model, spec), check_initial_loss(model, x, y, C), check_gradients(model, x, y)]
+                    pieces.where = "the doctor's model checks"
+                    findings += [check_parameters(model, spec), check_initial_loss(model, x, y, C, pieces=pieces),
+                                 check_gradients(model, x, y, pieces)]
                 if "optimisation" in sections:
                     say("doctor: optimisation (LR range test, overfit one batch)")
                     res = None
                     if not any(p.requires_grad for p in model.parameters()): skipped["learning rate"] = "nothing trains"
                     else:
-                        res = lr_range_test(model, batches, cfg.optimizer, steps=lr_steps)
+                        pieces.where = "the doctor's LR range test"
+                        res = lr_range_test(model, batches, cfg.optimizer, steps=lr_steps, amp=amp, pieces=pieces)
                         findings.append(check_lr(res, cfg.lr))
                         if res.lrs: files["lr_range"] = plot_lr_range(res, cfg.lr, out_dir / "lr_range.png")
-                    losses = overfit_batch(model, x, y, cfg.lr, cfg.optimizer, overfit_steps)
+                    pieces.where = "the doctor's overfit check"
+                    losses = overfit_batch(model, x, y, cfg.lr, cfg.optimizer, overfit_steps, amp=amp, pieces=pieces)
                     retry = None
                     if losses[-1] >= 0.1 and res and res.suggested and abs(math.log10(res.suggested / cfg.lr)) > 0.5:
-                        retry = (res.suggested, overfit_batch(model, x, y, res.suggested, cfg.optimizer, overfit_steps))
+                        retry = (res.suggested, overfit_batch(model, x, y, res.suggested, cfg.optimizer, overfit_steps,
+                                                              amp=amp, pieces=pieces))
                     findings.append(check_overfit(losses, C, findings, retry=retry))
+                if pieces.halved:                           # the report says which batch the checks fell back to
+                    for f in findings[before:]:
+                        f.evidence += f"; in pieces of {pieces.size} clips (batch {pieces.first} ran out of GPU memory)"
+            except torch.OutOfMemoryError: raise             # (handled by `pieces`; never a shape problem)
             except RuntimeError as e:
                 findings.append(Finding("model forward", "fail", f"the model failed on a {tuple(x.shape)} batch: {str(e).splitlines()[0][:150]}",
                                         f"build batches with ClipDataset for {spec.name}; har-colab inspect {spec.name} shows the shapes", "model"))

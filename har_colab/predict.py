@@ -16,13 +16,15 @@ from pathlib import Path
 
 import torch
 
-from .core import DataError, ConfigError, HarError, atomic_write, atomic_write_json, atomic_write_text, resolve_device
+from .core import (DataError, ConfigError, HalvingBatches, HarError, amp_dtype, atomic_write, atomic_write_json,
+                            atomic_write_text, device_settings, dtype_name, resolve_device)
 from .datasets import VIDEO_EXTENSIONS, Samples
 from .video import open_video
 from .clips import REFERENCE_FPS
 from .plots import plot_timeline
 from .build import SavedRun, clip_dataset, load_run, samples_from_saved
 from .callbacks import in_notebook
+from .train import batch_to_device, uses_channels_last
 
 # %% auto #0
 __all__ = ['PARITY_TOLERANCE', 'EXPORT_FORMATS', 'video_files', 'windows', 'Predictions', 'predict', 'ExportError',
@@ -122,6 +124,7 @@ def predict(run_dir,                  # a trained run folder
             csv=None,                 # write the rows to this CSV file
             timeline=None,            # with window: write the timeline figure here
             show:bool|None=None,      # with window: show the timeline inline (default: in a notebook)
+            echo=print,               # where the line of a batch halved after an out-of-memory goes
             ) -> Predictions:
     "Top-k classes with probabilities for each video (or each window of one), with the run's model, spec and clips."
     if topk < 1: raise ConfigError(f"topk={topk}; use 1 or more")
@@ -147,12 +150,18 @@ def predict(run_dir,                  # a trained run folder
         v += 1
     dev = resolve_device(device)
     model = saved.model(dev)
+    cl, dt = uses_channels_last(cfg, dev), amp_dtype(dev, cfg.amp)   # the trainer's GPU path: channels_last, autocast
+    if cl: model = model.to(memory_format=torch.channels_last_3d)
+    def forward(x):
+        with torch.autocast(dev.type, dtype=dt, enabled=dt is not None): return model(x).float().softmax(1).double()
+    pieces = HalvingBatches(K, "the prediction", f"predict on the CPU: --device cpu ({cfg.model}, {cfg.frames} frames, autocast "
+                            f"{dtype_name(dt)})", note=echo)      # a video's clips that do not fit the GPU at once
     loader = torch.utils.data.DataLoader(_Tasks(ds, tasks), batch_size=None, num_workers=workers)
     k = min(topk, len(names))
     for i, x, error in loader:
         row = rows[tasks[i][2]]
         if error: row["error"] = error; continue
-        probs = model(ds.transform.normalize_batch(x.to(dev))).float().softmax(1).double().mean(0).cpu()
+        with device_settings(dev): probs = torch.cat(pieces(forward, batch_to_device(x, dev, ds.transform, cl))).mean(0).cpu()
         top = probs.topk(k)
         row.update(probs=probs, label=names[int(top.indices[0])], prob=float(top.values[0]),
                    topk=[(names[int(j)], float(p)) for p, j in zip(top.values, top.indices)])
@@ -193,7 +202,10 @@ def export_model(model:torch.nn.Module, spec, fmt:str, example:torch.Tensor, out
     "Write `model` to `out` as `fmt` ('torchscript' or 'onnx'), load it back, return max |exported - eager| on `example`."
     out = Path(out); out.parent.mkdir(parents=True, exist_ok=True)
     model = model.eval().cpu(); example = example.cpu().float()
-    with torch.no_grad(): want = model(example)
+    pieces = HalvingBatches(len(example), "the parity check of the export", "close other programs to free memory, or export "
+                            "on a machine with more memory")       # the clips that fit at once, for both models
+    run = lambda f: torch.cat(pieces(lambda x: torch.as_tensor(f(x)), example))
+    with torch.no_grad(): want = run(model)
     if fmt == "torchscript":
         try:
             with warnings.catch_warnings():
@@ -207,7 +219,7 @@ def export_model(model:torch.nn.Module, spec, fmt:str, example:torch.Tensor, out
             warnings.simplefilter("ignore")                   # torch.jit.save / load deprecation notices
             atomic_write(out, lambda f: torch.jit.save(scripted, f))
             loaded = torch.jit.load(str(out))
-        with torch.no_grad(): got = loaded(example)
+        with torch.no_grad(): got = run(loaded)
     elif fmt == "onnx":
         require_onnx()
         import onnxruntime
@@ -220,7 +232,7 @@ def export_model(model:torch.nn.Module, spec, fmt:str, example:torch.Tensor, out
             raise ExportError(f"{spec.name} cannot be exported to ONNX: {_reason(e)}; try --format torchscript") from None
         program.save(str(out))
         session = onnxruntime.InferenceSession(str(out), providers=["CPUExecutionProvider"])
-        got = torch.from_numpy(session.run(None, {"clips": example.numpy()})[0])
+        got = run(lambda x: torch.from_numpy(session.run(None, {"clips": x.numpy()})[0]))
     else: raise ConfigError(f"format={fmt!r}; use one of: {', '.join(EXPORT_FORMATS)}")
     diff = float((got.float() - want.float()).abs().max())
     if not diff < PARITY_TOLERANCE:

@@ -19,7 +19,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from .core import (ConfigError, DataError, HarError, amp_dtype, amp_warning, atomic_write_json, derive_seed,
+from .core import (ConfigError, DataError, HalvingBatches, HarError, amp_dtype, amp_warning, atomic_write_json, derive_seed,
                             device_settings, dtype_name, fault_at, fault_injected, fault_oom, kill_self, resolve_device,
                             seed_everything)
 from .events import EVENTS, Callback, StopTraining
@@ -29,8 +29,9 @@ from .checkpoint import FORMAT_VERSION, RunFolder, find_checkpoint, get_rng_stat
 from .config import MAY_CHANGE_ON_RESUME, TrainConfig, check_batch_size, config_diff, resolve_config
 from .build import (RunStart, build_cache, build_model, build_samples, clip_dataset, gpu_decode_device, load_run,
                              check_colab_gpu, open_run, init_from, run_video_sizes, samples_from_saved)
-from .distributed import (all_reduce_sum, barrier, broadcast_buffers, init_distributed, is_distributed, is_main, rank,
-                                   shard, stop_requests, worker_ignore_signals, world_size, wrap_model)
+from .distributed import (all_reduce_sum, barrier, broadcast_buffers, first_error, from_main, init_distributed,
+                                   is_distributed, is_main, leave_error, peer_error, rank, shard, stop_requests,
+                                   worker_ignore_signals, world_size, wrap_model)
 from .callbacks import PlotCallback, default_callbacks
 
 # %% auto #0
@@ -139,20 +140,25 @@ def loader_settings(workers:int, ds, device) -> tuple:
 # %% ../nbs/40_train.ipynb #8fca614c
 @torch.no_grad()
 def evaluate(model:nn.Module, loader, num_classes:int, to_device=None, autocast=None, check_stop=None, batches=None,
-             part:range|None=None) -> tuple:
+             part:range|None=None, pieces:HalvingBatches|None=None) -> tuple:
     "(metrics, per-video probabilities, per-video labels) of `model` over `loader` (a sequential `ClipDataset` loader)."
     # part: under DDP, the videos of this process (`loader` holds a `Subset` of their clips); results are summed over processes
+    # pieces: how a batch that runs out of GPU memory is cut (default: halved down to one clip, then one line)
     import contextlib
     ds = loader.dataset; ds = getattr(ds, "dataset", ds); K = ds.clips_per_video; nv = len(ds) // K
     first = part.start if part is not None else 0
     to_device = to_device or (lambda x: x)
+    pieces = pieces or HalvingBatches(getattr(loader, "batch_size", None) or 1 << 30, "the evaluation",
+                                      "evaluate on the CPU (device='cpu')")
+    def forward(x):
+        with (autocast() if autocast else contextlib.nullcontext()): return model(x).float()
     model.eval()
     probs = torch.zeros(nv, num_classes, dtype=torch.float64); labels = torch.full((nv,), -1, dtype=torch.long)
     loss_sum, correct, top5, seen = 0.0, 0, 0, 0
     for x, y in (batches(loader) if batches else loader):
         if check_stop: check_stop()
         x = to_device(x); y = y.to(x.device)
-        with (autocast() if autocast else contextlib.nullcontext()): out = model(x).float()
+        out = torch.cat(pieces(forward, x))
         loss_sum += float(F.cross_entropy(out, y, reduction="sum")); correct += int((out.argmax(1) == y).sum())
         if num_classes > 5: top5 += int((out.topk(5, 1).indices == y[:, None]).any(1).sum())
         vids = first + torch.arange(seen, seen + len(y)) // K
@@ -293,8 +299,11 @@ class Trainer:
         for m in self.notes: self.note(m)
         self.notes = []
     def _forward(self, x, step:int|None=None):
-        fault_oom(len(x), step)                          # fault injection: an out-of-memory where a test asks for one
-        return self.net(x)
+        "`self.net(x)`; an injected out-of-memory (a test's) fires inside the model, where a real one does: under DDP after its buffer broadcast."
+        if self.net is self.model: fault_oom(len(x), step); return self.net(x)
+        hook = self.model.register_forward_pre_hook(lambda m, a: fault_oom(len(x), step))
+        try: return self.net(x)
+        finally: hook.remove()
     def memory_check(self):
         """One real training forward + backward at the micro-batch under the run's autocast, before the first step, so an
         out-of-memory shows where it costs nothing; random states, gradients and BatchNorm statistics are put back."""
@@ -312,7 +321,11 @@ class Trainer:
                 self.opt.zero_grad(set_to_none=True)
                 with torch.no_grad():
                     for b, v in bufs: b.copy_(v)
-        self._until_it_fits(check, lambda: "the memory check before the first step")
+        try: self._until_it_fits(check, lambda: "the memory check before the first step"); failed = None
+        except HarError as e: failed = e
+        why = first_error(None if failed is None else str(failed))   # under DDP: any process's failure, in every process
+        if failed is not None: raise failed
+        if why is not None: raise HarError(why)
         self.model.train(was)
         set_torch_rng_state(rng)
     def _until_it_fits(self, fn, where, before_retry=None):
@@ -320,8 +333,13 @@ class Trainer:
         while True:
             try: return fn()
             except torch.OutOfMemoryError as e: oom = str(e).splitlines()[0]   # handled below, once the traceback is gone
+            except RuntimeError:                           # under DDP: a collective failed because another process stopped
+                why = peer_error()
+                if why is None: raise
+                raise HarError(why) from None              # ... with its one line (out of memory in its step)
             if before_retry: before_retry()
-            self._out_of_memory(where(), oom)
+            try: self._out_of_memory(where(), oom)
+            except HarError as e: leave_error(str(e)); raise
     def _grad_checkpointing(self, why:str) -> int:
         n = enable_grad_checkpointing(self.model, self.spec)
         if n: self.grad_ckpt = True; self.note(f"activation checkpointing on for {n} blocks of {self.cfg.model} ({why})")
@@ -338,16 +356,16 @@ class Trainer:
         self.opt.zero_grad(set_to_none=True); gc.collect()
         if self.device.type == "cuda": torch.cuda.empty_cache()
         new = max((d for d in range(1, self.micro // 2 + 1) if self.micro % d == 0), default=None)
+        hint = ("" if self.grad_ckpt or self.cfg.grad_checkpoint == "off" else "--grad-checkpoint on, ") + "fewer --frames or a smaller model"
+        at_one = (f"out of GPU memory in {where} even at micro-batch 1 ({self.cfg.model}, {self.cfg.frames} frames, "
+                  f"autocast {dtype_name(self.amp_dtype)}): use {hint}")
+        if is_distributed():   # first: one process alone must not change (activation checkpointing, micro-batch): one line
+            raise HarError(at_one if new is None else f"out of GPU memory in {where} at micro-batch {self.micro}; under torchrun "
+                           f"restart with --accumulate {self.accumulate * self.micro // new} (or {hint})") from None
         if (self.cfg.grad_checkpoint == "auto" and not self.grad_ckpt and getattr(self.spec, "arch", "cnn") == "transformer"
                 and (new is None or new < 4) and self._grad_checkpointing(f"out of memory at micro-batch {self.micro} in {where}")):
             return
-        hint = ("" if self.grad_ckpt or self.cfg.grad_checkpoint == "off" else "--grad-checkpoint on, ") + "fewer --frames or a smaller model"
-        if new is None:
-            raise HarError(f"out of GPU memory in {where} even at micro-batch 1 ({self.cfg.model}, {self.cfg.frames} frames, "
-                           f"autocast {dtype_name(self.amp_dtype)}): use {hint}") from None
-        if is_distributed():
-            raise HarError(f"out of GPU memory in {where} at micro-batch {self.micro}; under torchrun restart with --accumulate "
-                           f"{self.accumulate * self.micro // new} (or {hint})") from None
+        if new is None: raise HarError(at_one) from None
         old = self.micro
         self._set_micro(new)
         self.note(f"out of memory at micro-batch {old} in {where} ({error[:120]}): continuing with micro-batch {new} x accumulate "
@@ -450,8 +468,13 @@ class Trainer:
         if ddp: broadcast_buffers(self.model)              # process 0's BatchNorm statistics, the checkpoint's
         stop = self._check_stop if check_stop and not ddp else None
         if loader is None: stop = _eval_fault(stop)
+        if getattr(self, "_val_pieces", None) is None:    # a batch that runs out of memory is cut (training's micro-batch stays)
+            fix = f"use fewer --frames or a smaller model ({self.cfg.model}, {self.cfg.frames} frames, autocast {dtype_name(self.amp_dtype)})"
+            self._val_pieces = HalvingBatches(self.micro, "", fix, note=self.note)
+        self._val_pieces.where = f"the validation of epoch {self.epoch + 1}"
         m, self.val_probs, self.val_labels = evaluate(self.model, loader or self.val_loader, self.num_classes, self._to_device,
-                                                      self._autocast, stop, self._batches, self.val_part if ddp else None)
+                                                      self._autocast, stop, self._batches, self.val_part if ddp else None,
+                                                      self._val_pieces)
         return m
 
     # --- the loop --------------------------------------------------------------------------------------------------
@@ -549,8 +572,9 @@ class EvalResult:
         return s + "; weakest classes: " + ", ".join(f"{c} {100*a:.0f}%" for c, a in worst)
 
 def evaluate_run(run_dir, checkpoint:str="best", clips:int|None=None, data=None, workers:int=2, device="auto",
-                 batch_size:int|None=None) -> EvalResult:
-    "Evaluate checkpoint `best`, `last` or a path of the run in `run_dir`, `batch_size` clips at a time (default: the run's micro-batch)."
+                 batch_size:int|None=None, echo=print) -> EvalResult:
+    """Evaluate checkpoint `best`, `last` or a path of the run in `run_dir`, `batch_size` clips at a time (default: the run's
+    micro-batch; halved where it runs out of GPU memory). Under torchrun each process evaluates its block of the videos."""
     from .plots import confusion_matrix, plot_confusion
     saved = load_run(run_dir, checkpoint, data)
     cfg, names, dev = saved.config, saved.class_names, resolve_device(device)
@@ -564,16 +588,32 @@ def evaluate_run(run_dir, checkpoint:str="best", clips:int|None=None, data=None,
     cl, dt = uses_channels_last(cfg, dev), amp_dtype(dev, cfg.amp)   # the trainer's GPU path: channels_last, autocast, pinned
     if cl: model = model.to(memory_format=torch.channels_last_3d)
     workers, pin = loader_settings(workers, ds, dev)
-    loader = torch.utils.data.DataLoader(ds, batch_size=batch_size or max(1, cfg.batch_size // cfg.accumulate),
-                                         num_workers=workers, pin_memory=pin)
+    part = shard(len(saved.val)) if is_distributed() else None     # under torchrun: this process's block of whole videos
+    vds = ds if part is None else torch.utils.data.Subset(ds, range(part.start * K, part.stop * K))
+    B = batch_size or max(1, cfg.batch_size // cfg.accumulate)
+    loader = torch.utils.data.DataLoader(vds, batch_size=B, num_workers=workers, pin_memory=pin)
+    say = echo if echo is not None and is_main() else (lambda m: None)
+    pieces = HalvingBatches(B, f"the evaluation of {saved.path.name}", f"evaluate on the CPU: har-colab eval --run-dir "
+                            f"{run_dir} --device cpu ({cfg.model}, {cfg.frames} frames, autocast {dtype_name(dt)})", note=echo)
+    clips_here = [0]
+    def to_device(x):
+        clips_here[0] += len(x)
+        return batch_to_device(x, dev, ds.transform, cl)
     with device_settings(dev):
-        m, probs, labels = evaluate(model, loader, len(names), lambda x: batch_to_device(x, dev, ds.transform, cl),
-                                    (lambda: torch.autocast(dev.type, dtype=dt)) if dt else None, _eval_fault())
+        m, probs, labels = evaluate(model, loader, len(names), to_device,
+                                    (lambda: torch.autocast(dev.type, dtype=dt)) if dt else None, _eval_fault(), part=part,
+                                    pieces=pieces)
+    if part is not None:                                  # who evaluated what: every process its share
+        shares = torch.zeros(world_size(), dtype=torch.float64); shares[rank()] = clips_here[0]
+        shares = all_reduce_sum(shares)
+        say(f"evaluation of {saved.path.name} split over {world_size()} processes: " +
+            ", ".join(f"process {r} evaluated {int(n)} clips" for r, n in enumerate(shares.tolist())))
     cm = confusion_matrix(probs.argmax(1).tolist(), labels.tolist(), len(names))
-    run = RunFolder(run_dir)
-    plot_confusion(cm, names, run.root/"confusion.png")
     res = EvalResult(m, names, cm, saved.path, K)
-    atomic_write_json(run.root/"eval.json", res.to_json())
+    if is_main():                                         # process 0 writes the files
+        run = RunFolder(run_dir)
+        plot_confusion(cm, names, run.root/"confusion.png")
+        atomic_write_json(run.root/"eval.json", res.to_json())
     return res
 
 def evaluated(run:RunFolder) -> bool:
@@ -582,10 +622,11 @@ def evaluated(run:RunFolder) -> bool:
     return ev.exists() and (not run.best.exists() or ev.stat().st_mtime >= run.best.stat().st_mtime)
 
 def final_evaluation(cfg:TrainConfig, run:RunFolder, device, batch_size:int, echo=print) -> EvalResult:
-    "What `fit` does when training completes: `evaluate_run` of best.pt with `cfg.eval_clips` clips per video, logged."
+    """What `fit` does when training completes: `evaluate_run` of best.pt with `cfg.eval_clips` clips per video, logged;
+    under torchrun every process evaluates its share (none waits long for process 0 in a collective)."""
     run.release_log()                                     # a run that was already done wrote nothing yet: log from here
     res = evaluate_run(run.root, "best", clips=cfg.eval_clips, data=cfg.data, workers=cfg.workers, device=device,
-                       batch_size=batch_size)
+                       batch_size=batch_size, echo=lambda m: run.log(m, echo))
     run.log(f"final evaluation: {res.summary()} -> eval.json, confusion.png", echo)
     return res
 
@@ -637,8 +678,8 @@ def fit(config:TrainConfig, callbacks=None, echo=print,
     try:
         with device_settings(device, cfg.deterministic):
             res = _fit_run(cfg, start, device, callbacks, echo, cli)
-            if res.status != "stopped" and is_main() and not evaluated(start.run):   # also after a kill during it
-                res.evaluation = final_evaluation(cfg, start.run, device, res.trainer.micro, echo)
+            if res.status != "stopped" and not from_main(evaluated(start.run)):   # also after a kill during it; under
+                res.evaluation = final_evaluation(cfg, start.run, device, res.trainer.micro, echo)   # DDP in every process
             if res.evaluation is None and res.status == "already done":    # shown, not evaluated again
                 res.evaluation = EvalResult.load(start.run.root)
         return res

@@ -64,3 +64,72 @@ def test_gpu_decoder_gets_the_device_and_frames_stay_where_it_put_them(small_dat
 
 def test_decode_device_may_change_on_resume():
     assert config_diff({"decode_device": "cpu"}, {"decode_device": "cuda"}) == []
+
+
+# --- issue 26: a file NVDEC accepts and then fails on mid-decode ---
+
+def _nvdec_fails_on(bad_path, tries):
+    "A ClipDataset that 'decodes on the GPU' (really on the CPU) where the GPU decoder fails mid-decode on `bad_path`."
+    from har_colab.core import DataError
+
+    class FakeGpuDataset(ClipDataset):
+        on_gpu = True                                   # the paths of a GPU-decoding dataset, without a GPU
+        def _open(self, path, backend=None, cpu=False):
+            gpu = (backend or self.backend) == self.backend and not cpu
+            tries.append((str(path), gpu))
+            video = super()._open(path, backend, cpu=True)
+            if gpu and str(path) == str(bad_path):       # NVDEC opened it, then fails on its frames
+                def read(indices): raise DataError(f"cannot decode {path}: NVDEC: decode error (fake)")
+                video.read = read
+            return video
+    return FakeGpuDataset
+
+
+def test_a_file_nvdec_fails_on_decodes_on_the_cpu_for_the_rest_of_the_run(small_data, tmp_path):
+    import warnings
+    from har_colab.clips import GPU_FAILED
+    samples = load_samples("folder", small_data)
+    spec = get_spec("tiny3d")
+    bad, tries = samples.paths[0], []
+    ds = _nvdec_fails_on(bad, tries)(samples, spec, train=True, run_dir=tmp_path, normalize=False)
+    ref = ClipDataset(samples, spec, train=True, backend="torchcodec", normalize=False)     # torchcodec on the CPU
+    with warnings.catch_warnings(record=True) as said:
+        warnings.simplefilter("always")
+        got = [ds[(0, epoch)][0] for epoch in range(3)] + [ds[(1, 0)][0]]
+    gpu_tries = [g for p, g in tries if p == str(bad)]
+    assert gpu_tries.count(True) == 1 and len(gpu_tries) == 4, tries     # the GPU once, then the CPU straight away
+    assert [torch.equal(a, ref[(0, e)][0]) for a, e in zip(got, range(3))] == [True] * 3     # the CPU decoder's clips
+    assert ds.cpu_files == {str(bad)} and ds.cpu_decoded == [bad]
+    ours = [str(w.message) for w in said if "GPU decoder failed mid-decode" in str(w.message)]
+    assert len(ours) == 1 and "--decode-device cpu" in ours[0], [str(w.message) for w in said]
+    log = (tmp_path / "events.log").read_text()
+    assert log.count(f"{GPU_FAILED}{bad}\n") == 1 and log.count("GPU decoder failed mid-decode") == 1, log
+    # resumed (a new dataset on the same run folder): the file goes to the CPU without a GPU try, and nothing is said again
+    tries.clear()
+    again = _nvdec_fails_on(bad, tries)(samples, spec, train=True, run_dir=tmp_path, normalize=False)
+    with warnings.catch_warnings(record=True) as said:
+        warnings.simplefilter("always")
+        assert torch.equal(again[(0, 1)][0], got[1])
+    assert tries == [(str(bad), False)] and not said
+    assert (tmp_path / "events.log").read_text() == log
+
+
+def test_start_up_check_names_the_cure_that_fits(small_data, monkeypatch):
+    "NVDEC failing on the first video's codec names --decode-device cpu; a torchcodec without CUDA names its CUDA build."
+    import dataclasses
+    import pytest
+    import har_colab.build as build
+    from har_colab.config import TrainConfig
+    from har_colab.core import ConfigError, DataError
+    from har_colab.video import open_video
+    path = load_samples("folder", small_data).paths[0]
+    cfg = dataclasses.replace(TrainConfig(data=str(small_data)), decode_device="cuda")
+    for error, cure, not_cure in (("NVDEC: decode error", "--decode-device cpu (with --cache local", "CUDA build"),
+                                  ("Failed to get current CUDA device", "install its CUDA build", "NVDEC cannot decode")):
+        def fake_open(p, backend, size=True, device="cpu", _e=error, **kw):
+            if torch.device(device).type == "cuda": raise DataError(f"cannot decode {p}: {_e}")
+            return open_video(p, backend, size=size, **kw)
+        monkeypatch.setattr(build, "open_video", fake_open)
+        monkeypatch.setattr(build, "backend_available", lambda name: True)
+        with pytest.raises(ConfigError) as e: build.gpu_decode_device(cfg, torch.device("cuda:0"), path)
+        assert cure in str(e.value) and not_cure not in str(e.value) and len(str(e.value).splitlines()) == 1, str(e.value)

@@ -4,6 +4,7 @@ and validates every video exactly once."""
 import csv
 import json
 import os
+import re
 import shutil
 import socket
 import subprocess
@@ -19,7 +20,8 @@ ROOT = Path(__file__).resolve().parents[1]
 
 
 def env(**faults):
-    return dict(os.environ, PYTHONPATH=str(ROOT), OMP_NUM_THREADS="1", PYTHONUNBUFFERED="1", **faults)
+    # a collective gives up after 300 s (the library's default: 60 minutes), so a process left waiting ends within the test
+    return dict(os.environ, PYTHONPATH=str(ROOT), OMP_NUM_THREADS="1", PYTHONUNBUFFERED="1", HAR_COLAB_DIST_TIMEOUT="300", **faults)
 
 
 def free_port():
@@ -33,11 +35,11 @@ def train_args(run, data, *extra):
             "--batch-size", "8", "--lr", "5e-4", "--eval-clips", "2", "--workers", "0", "--no-progress", "--no-plot", *extra]
 
 
-def command(nproc, args):
-    "`har-colab ARGS` in 1 process, or under torchrun with `nproc` processes."
+def command(nproc, args, script=None):
+    "`har-colab ARGS` in 1 process, or under torchrun with `nproc` processes (`script`: a file standing in for the CLI)."
     if nproc == 1: return [sys.executable, "-m", "har_colab.cli", *map(str, args)]
     return [sys.executable, "-m", "torch.distributed.run", f"--nproc_per_node={nproc}", "--master_port", str(free_port()),
-            "-m", "har_colab.cli", *map(str, args)]
+            *([str(script)] if script else ["-m", "har_colab.cli"]), *map(str, args)]
 
 
 def run(nproc, args, timeout=400):
@@ -159,3 +161,66 @@ def test_ddp_validation_equals_single_process(small_data, tmp_path):
     assert single["clips"] == 3
     for k in ("val_acc", "val_video_acc"): assert float(row[k]) == single[k], (k, row, single)
     assert abs(float(row["val_loss"]) - single["val_loss"]) <= 1e-5 * single["val_loss"], (row, single)
+
+
+@pytest.mark.timeout(600)
+def test_final_evaluation_is_split_over_the_processes_and_equals_one_process(two_ref):
+    "Issue 26: every process evaluates its block of videos (no process waits alone in a collective); the numbers of one."
+    log = events(two_ref)
+    line = [l for l in log.splitlines() if "evaluation of best.pt split over 2 processes" in l]
+    assert len(line) == 1, log
+    counts = [int(n) for n in re.findall(r"process \d evaluated (\d+) clips", line[0])]
+    val = len(json.loads((two_ref / "samples.json").read_text())["val"]["paths"])
+    assert len(counts) == 2 and min(counts) > 0 and sum(counts) == 2 * val, line    # 2 eval clips per video, each once
+    two = json.loads((two_ref / "eval.json").read_text())
+    r = run(1, ["eval", "--run-dir", two_ref, "--workers", "0", "--clips", "2"])
+    assert r.returncode == 0, r.stderr[-3000:]
+    one = json.loads((two_ref / "eval.json").read_text())
+    for k in ("clips", "val_acc", "val_video_acc", "per_class"): assert one[k] == two[k], (k, one, two)
+    assert abs(one["val_loss"] - two["val_loss"]) <= 1e-6 * one["val_loss"]
+
+
+TRANSFORMER = """import dataclasses, sys
+from har_colab.models import get_spec, register
+register(dataclasses.replace(get_spec("tiny3d"), name="tiny3d_tf", arch="transformer"))   # a transformer to the trainer
+from har_colab.cli import main
+sys.exit(main(sys.argv[1:]))
+"""
+
+
+@pytest.mark.timeout(600)
+@pytest.mark.parametrize("fault,where", [("HAR_COLAB_OOM_ABOVE", "the memory check before the first step"),
+                                         ("HAR_COLAB_OOM_AT_STEP", "step 2")])
+def test_out_of_memory_in_one_process_of_a_transformer_run_is_one_line_in_every_process(small_data, tmp_path, fault, where):
+    """Issue 26: out of memory in process 1 alone (its memory check; or mid-run, in step 2, while process 0 is in the
+    step's all-reduce): no activation checkpointing in one process, no process left waiting in a collective; every
+    process ends with the line naming --accumulate, exit code 2."""
+    script = tmp_path / "tf.py"; script.write_text(TRANSFORMER)
+    d = tmp_path / "run"
+    args = train_args(d, small_data, "--epochs", "1")
+    args[args.index("tiny3d")] = "tiny3d_tf"
+    r = subprocess.run(command(2, args, script), capture_output=True, text=True, timeout=400,
+                       env=env(**{fault: "2", "HAR_COLAB_FAULT_RANK": "1"}))
+    out = r.stdout + r.stderr
+    lines = [l for l in out.splitlines() if l.startswith("har-colab train: error:")]
+    assert r.returncode != 0 and len(lines) == 2, out[-4000:]
+    for l in lines:
+        assert f"out of GPU memory in {where} at micro-batch 4" in l and "--accumulate 2" in l, l
+    assert sum("(process 1)" in l for l in lines) == 1                  # process 0 says whose it was
+    assert "activation checkpointing" not in out and "exitcode  : 2" in out, out[-4000:]
+    if fault == "HAR_COLAB_OOM_ABOVE": assert not (d / "config.json").exists() and not (d / "checkpoints").exists()
+
+
+def test_the_job_waits_60_minutes_for_a_slow_process_not_nccls_10(monkeypatch):
+    "init_process_group gets a timeout of its own (a checkpoint on a slow disk outlasts NCCL's default 10 minutes)."
+    import datetime
+    import torch.distributed as dist
+    from har_colab import distributed
+    seen = []
+    monkeypatch.setenv("RANK", "0"); monkeypatch.setenv("WORLD_SIZE", "2")
+    monkeypatch.setattr(dist, "is_initialized", lambda: False)
+    monkeypatch.setattr(dist, "init_process_group", lambda backend, **kw: seen.append((backend, kw)))
+    assert distributed.init_distributed("cpu") == "cpu"
+    monkeypatch.setenv("HAR_COLAB_DIST_TIMEOUT", "5")
+    distributed.init_distributed("cpu")
+    assert seen == [("gloo", {"timeout": datetime.timedelta(minutes=60)}), ("gloo", {"timeout": datetime.timedelta(seconds=5)})]

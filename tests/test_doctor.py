@@ -153,3 +153,25 @@ def test_cli_exit_codes(data, tmp_path):
     assert "FAIL" in frozen.stdout
     missing = cli("--data", tmp_path / "nowhere", *base, "--run-dir", tmp_path / "m")
     assert missing.returncode == 2 and len(missing.stderr.strip().splitlines()) == 1 and "Traceback" not in missing.stderr
+
+
+def test_out_of_memory_in_the_doctor_halves_its_batch_and_says_so(data, tmp_path, monkeypatch):
+    "Issue 26: the doctor's model checks, LR range test and overfit check run in pieces that fit; the report names the batch."
+    monkeypatch.setenv("HAR_COLAB_OOM_ABOVE", "2")                  # every pass of more than 2 clips runs out of memory
+    said = []
+    r = doctor(config(data, tmp_path / "run"), checks=("model", "optimisation"), lr_steps=12, overfit_steps=30, echo=said.append)
+    assert "model forward" not in r, str(r)                          # not a shape problem
+    for name in ("initial loss", "gradients", "learning rate", "overfit one batch"):
+        assert "in pieces of 2 clips (batch 8 ran out of GPU memory)" in r[name].evidence, (name, str(r))
+    assert "out of memory at batch 8 in the doctor's model checks: continuing at batch 4" in said, said
+
+
+def test_out_of_memory_at_batch_1_in_the_doctor_is_one_line(data, tmp_path):
+    base = ["--model", "tiny3d", "--no-pretrained", "--no-hflip", "--workers", "0"]
+    env = dict(os.environ, PYTHONPATH=str(ROOT), OMP_NUM_THREADS="1", HAR_COLAB_OOM_ABOVE="0")
+    r = subprocess.run([sys.executable, "-m", "har_colab.cli", "doctor", "--data", str(data), *base, "--run-dir",
+                        str(tmp_path / "run")], capture_output=True, text=True, env=env, timeout=600)
+    ours = [l for l in r.stderr.splitlines() if l.startswith("har-colab")]
+    assert r.returncode == 2 and len(ours) == 1 and "Traceback" not in r.stderr, r.stdout[-2000:] + r.stderr[-2000:]
+    assert "out of GPU memory in the doctor's model checks even at batch 1" in ours[0] and "--frames" in ours[0], ours[0]
+    assert "model forward" not in r.stdout

@@ -20,4 +20,5 @@ def test_gpu_check_quick_on_the_cpu(tmp_path):
     for section in ("### One training step", "### Out-of-memory fallback", "### Killed with SIGKILL and resumed",
                     "### Input pipeline on 2 CPU cores"):
         assert section in md, section
+    assert "in the evaluation of best.pt: continuing at batch 1" in md and "eval.json written" in md
     assert "continuing with micro-batch 2 x accumulate 4" in md and "(bit-exact)" in md and "all checks passed" in md

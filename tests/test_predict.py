@@ -135,3 +135,70 @@ def test_onnx_export_without_the_extra_names_it(run, monkeypatch):
     monkeypatch.setitem(sys.modules, "onnxruntime", None)           # as if it were not installed
     with pytest.raises(HarError, match=r"onnxruntime: pip install 'har_colab\[export\]'"):
         export(run, "onnx")
+
+
+# --- out of memory (issue 26): eval, predict and export's parity check halve their batch, with the same results ---
+
+def test_eval_predict_and_export_halve_their_batch_on_out_of_memory_with_the_same_results(run, tmp_path, monkeypatch):
+    from har_colab.build import load_run
+    from har_colab.predict import export, predict
+    from har_colab.train import evaluate_run
+    ref = evaluate_run(run, workers=0, device="cpu", batch_size=8, echo=None)
+    said = []
+    monkeypatch.setenv("HAR_COLAB_OOM_EVAL_ABOVE", "2")             # every evaluation pass of more than 2 clips
+    got = evaluate_run(run, workers=0, device="cpu", batch_size=8, echo=said.append)
+    assert said == ["out of memory at batch 8 in the evaluation of best.pt: continuing at batch 4",
+                    "out of memory at batch 4 in the evaluation of best.pt: continuing at batch 2"]
+    for k in ("val_acc", "val_video_acc"): assert got.metrics[k] == ref.metrics[k], k
+    assert abs(got.metrics["val_loss"] - ref.metrics["val_loss"]) <= 1e-6 * ref.metrics["val_loss"]
+    assert got.confusion == ref.confusion
+    paths = load_run(run).val.paths[:3]
+    monkeypatch.delenv("HAR_COLAB_OOM_EVAL_ABOVE")
+    a = predict(run, paths, clips=3, workers=0, device="cpu")
+    monkeypatch.setenv("HAR_COLAB_OOM_EVAL_ABOVE", "1")             # a video's 3 clips: one at a time
+    said.clear()
+    b = predict(run, paths, clips=3, workers=0, device="cpu", echo=said.append)
+    assert said == ["out of memory at batch 3 in the prediction: continuing at batch 1"]
+    assert [r["label"] for r in a.rows] == [r["label"] for r in b.rows]
+    assert all(torch.allclose(x["probs"], y["probs"], atol=1e-6) for x, y in zip(a.rows, b.rows))
+    res = export(run, "torchscript", out=tmp_path / "m.pt")          # the parity check of 2 clips, one at a time
+    assert res.max_diff < 1e-4 and (tmp_path / "m.pt").exists()
+
+
+def one_line(r, *words):
+    ours = [l for l in r.stderr.splitlines() if l.startswith("har-colab")]
+    assert r.returncode == 2 and len(ours) == 1 and "Traceback" not in r.stderr, r.stderr[-3000:]
+    assert all(w in ours[0] for w in words), ours[0]
+
+
+def test_out_of_memory_at_batch_1_is_one_line_in_eval_predict_and_export(run, small_data, tmp_path):
+    oom = {"HAR_COLAB_OOM_EVAL_ABOVE": "0"}                          # not even one clip fits
+    before = (run / "eval.json").read_bytes()
+    r = run_cli("eval", "--run-dir", run, "--workers", "0", env=oom)
+    one_line(r, "out of GPU memory in the evaluation of best.pt even at batch 1", "--device cpu")
+    assert (run / "eval.json").read_bytes() == before                 # nothing written
+    r = run_cli("predict", "--run-dir", run, small_data / "left" / "left_000.mp4", env=oom)
+    one_line(r, "out of GPU memory in the prediction even at batch 1", "--device cpu")
+    r = run_cli("export", "--run-dir", run, "--format", "torchscript", "--out", tmp_path / "m.pt", env=oom)
+    one_line(r, "out of GPU memory in the parity check of the export even at batch 1")
+    assert not (tmp_path / "m.pt").exists()
+
+
+def test_validation_and_final_evaluation_halve_on_out_of_memory_with_the_same_numbers(run, small_data, tmp_path):
+    "The run of the `run` fixture again, its evaluation passes out of memory above 2 clips: the same numbers, a line each."
+    got = tmp_path / "run"
+    r = run_cli("train", "--run-dir", got, "--data", small_data, "--model", "tiny3d", "--no-pretrained", "--no-hflip",
+                "--epochs", "1", "--batch-size", "8", "--lr", "5e-4", "--eval-clips", "2", "--no-progress", "--no-plot",
+                "--no-tensorboard", env={"HAR_COLAB_OOM_EVAL_ABOVE": "2"})
+    assert r.returncode == 0, r.stderr[-3000:]
+    log = (got / "events.log").read_text()
+    assert "out of memory at batch 8 in the validation of epoch 1: continuing at batch 4" in log, log
+    assert "out of memory at batch 8 in the evaluation of best.pt: continuing at batch 4" in log, log
+    a, b = (list(csv.DictReader(open(d / "metrics.csv")))[-1] for d in (run, got))
+    for k in ("train_loss", "val_acc", "val_video_acc"): assert a[k] == b[k], k     # training untouched
+    assert abs(float(a["val_loss"]) - float(b["val_loss"])) <= 1e-6 * float(a["val_loss"])
+    from har_colab.train import evaluate_run
+    ea = evaluate_run(run, clips=2, workers=0, device="cpu", echo=None).metrics   # the fixture's final evaluation, again
+    eb = json.loads((got / "eval.json").read_text())
+    assert eb["clips"] == 2 and (ea["val_acc"], ea["val_video_acc"]) == (eb["val_acc"], eb["val_video_acc"])
+    assert abs(ea["val_loss"] - eb["val_loss"]) <= 1e-6 * ea["val_loss"]
