@@ -491,7 +491,7 @@ class Trainer:
         if is_distributed(): torch.manual_seed(derive_seed(self.cfg.seed, "dropout", rank(), self.global_step))
         self._retry = {"buffers": keep_buffers(self.model), "in_step": False, "state": None}   # what a retry puts back
         loss_sum = torch.zeros((), device=self.device)            # on the device: no host sync per micro-batch
-        correct, count = torch.zeros((), dtype=torch.long, device=self.device), 0
+        correct = torch.zeros((), dtype=torch.long, device=self.device)
         hook = None
         if oom_where() == "backward" and self._params:     # fault injection: an out-of-memory in the middle of a backward
             hook = self._params[0].register_hook(lambda g, step=self.global_step + 1: fault_oom(0, step))
