@@ -5,7 +5,9 @@
 
 Sections: the device and the autocast type `amp=auto` picks; one training step of r3d_18 / x3d_s / mvit_v2_s in fp16,
 bf16 (where native) and fp32 (s/step, clips/s); peak memory at micro-batch 1, 4, 8; the out-of-memory fallback on a
-deliberately too-large batch (on the CPU it is injected: HAR_COLAB_OOM_ABOVE) and in the final evaluation (injected); a short real run killed with SIGKILL and
+deliberately too-large batch (on the CPU it is injected: HAR_COLAB_OOM_ABOVE) and in the final evaluation (injected);
+an out-of-memory inside the optimizer step (injected after AdamW's update, also on a GPU) against one in the forward of
+the same step; a short real run killed with SIGKILL and
 resumed (same samples, weights compared with an uninterrupted run); the input pipeline on 2 CPU cores (Colab's
 count) against the GPU's training rate, which says whether input or the GPU bounds an epoch; and `--decode-device cuda`
 (torchcodec's NVDEC decoder against its CPU decoder, pixels compared, a 1-epoch run), on the CPU its one-line refusal.
@@ -123,6 +125,41 @@ def oom_section(dev, data, tmp, model, batch):
     out += [f"- the final evaluation out of memory above 1 clip (injected, HAR_COLAB_OOM_EVAL_ABOVE=1): "
             f"{'eval.json written' if done else 'FAILED'}"] + [f"  - {l}" for l in final]
     return out, (bool(ok) or (dev.type == "cuda" and r.returncode == 0)) and done
+
+
+def step_oom_section(dev, data, tmp, model):
+    """Out-of-memory inside AdamW's step after it changed weights and moments (injected on any device:
+    HAR_COLAB_OOM_WHERE=step), against one in the forward of the same step (the first of epoch 2): both runs retry at half
+    the micro-batch and end with the same weights; in a step that had fitted before at its micro-batch the run stops with
+    one line (exit 2) instead of applying a second update on top of a half one. fp16 on a GPU: its GradScaler too."""
+    amp = ["--amp", "fp16"] if dev.type == "cuda" else []
+    a = lambda run, *x: train_args(run, data, model, dev, "--optimizer", "adamw", "--batch-size", "8", *amp,
+                                   *(["--deterministic"] if dev.type == "cuda" else []), *x)
+    res = {}
+    for where in ("forward", "step"):
+        res[where] = har(*a(tmp / f"oom_{where}", "--epochs", "2", "--max-steps-per-epoch", "2"),
+                         env={"HAR_COLAB_OOM_AT_STEP": "3", "HAR_COLAB_OOM_WHERE": where})
+    if any(r.returncode for r in res.values()):
+        return [f"- out-of-memory at step 3 in the {w}: FAILED: {(r.stderr.strip().splitlines() or [''])[-1]}"
+                for w, r in res.items() if r.returncode], False
+    load = lambda w: torch.load(tmp / f"oom_{w}" / "checkpoints" / "last.pt", weights_only=True, map_location="cpu")
+    wa, wb = load("forward"), load("step")
+    diff = max(float((wa["model"][n].float() - wb["model"][n].float()).abs().max()) for n in wa["model"])
+    moments = max(float((x.float() - y.float()).abs().max()) for s, t in zip(wa["optimizer"]["state"].values(),
+                  wb["optimizer"]["state"].values()) for k in ("exp_avg", "exp_avg_sq") for x, y in [(s[k], t[k])])
+    exact = diff == 0 and moments == 0
+    r = har(*a(tmp / "oom_refused", "--epochs", "1", "--max-steps-per-epoch", "3"),
+            env={"HAR_COLAB_OOM_AT_STEP": "2", "HAR_COLAB_OOM_WHERE": "step"})
+    err = r.stderr.strip().splitlines()
+    refused = r.returncode == 2 and len(err) == 1 and "inside optimizer step 2" in err[0]
+    scaler = f", GradScaler scale {wa['scaler'].get('scale')} vs {wb['scaler'].get('scale')}" if wa["scaler"] else ""
+    lines = [f"- {model}, AdamW{' fp16' if amp else ''}, out-of-memory injected at step 3 (first try) in the forward and inside "
+             f"the optimizer step: both completed at micro-batch {wa['micro_batch']} x {wa['accumulate']}; largest weight "
+             f"difference {diff:.3g}, moments {moments:.3g}{scaler} "
+             f"({'bit-exact' if exact else 'NOT the same' if dev.type != 'cuda' else 'not bit-exact'})",
+             f"- inside the optimizer step of step 2 (step 1 fitted): exit {r.returncode}, "
+             f"{'one line' if len(err) == 1 else f'{len(err)} lines'}: {err[-1] if err else ''}"]
+    return lines, refused and (exact or dev.type == "cuda")
 
 
 def resume_section(dev, data, tmp, model, epochs, batch):
@@ -248,6 +285,8 @@ def main():
         data = make_synthetic_dataset(tmp / "motion", classes=4, videos_per_class=12 if quick else 40, frames=20)
         lines, good = oom_section(dev, data, tmp, "tiny3d" if quick else "mvit_v2_s", 8 if quick else 128)
         md += ["", "### Out-of-memory fallback", ""] + lines; ok &= good
+        lines, good = step_oom_section(dev, data, tmp, "tiny3d" if quick else "r3d_18")
+        md += ["", "### Out-of-memory inside the optimizer step", ""] + lines; ok &= good
         lines, good = resume_section(dev, data, tmp, "tiny3d" if quick else "r3d_18", "2", "8")
         md += ["", "### Killed with SIGKILL and resumed", ""] + lines; ok &= good
         big = data if quick else make_synthetic_dataset(tmp / "big", classes=4, videos_per_class=20, frames=48, size=(320, 240))

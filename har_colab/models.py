@@ -27,10 +27,10 @@ from .env import in_colab
 # %% auto #0
 __all__ = ['MODELS', 'FREEZE_MODES', 'ACT_MB', 'ModelSpec', 'register', 'list_models', 'get_spec', 'missing_extra',
            'check_available', 'Tiny3D', 'pytorchvideo_transforms_compat', 'pack_pathways', 'SlowFast', 'get_head',
-           'head_classes', 'set_head', 'model_blocks', 'freeze_layers', 'count_parameters', 'enable_grad_checkpointing',
-           'set_drop_path', 'set_head_dropout', 'lr_scales', 'weights_cache_dir', 'load_pretrained', 'LoadReport',
-           'load_report', 'create_model', 'check_input', 't4_micro_batch', 'models_table', 'count_macs', 'count_gflops',
-           'inspect_model']
+           'head_classes', 'set_head', 'model_blocks', 'freeze_layers', 'count_parameters', 'frozen_norms',
+           'enable_grad_checkpointing', 'set_drop_path', 'set_head_dropout', 'lr_scales', 'weights_cache_dir',
+           'load_pretrained', 'LoadReport', 'load_report', 'create_model', 'check_input', 't4_micro_batch',
+           'models_table', 'count_macs', 'count_gflops', 'inspect_model']
 
 # %% ../nbs/20_models.ipynb #4e7c69fb
 @dataclass(frozen=True)
@@ -306,6 +306,11 @@ def count_parameters(model:nn.Module) -> tuple:
     "(trainable, frozen) parameter counts."
     tr = sum(p.numel() for p in model.parameters() if p.requires_grad)
     return tr, sum(p.numel() for p in model.parameters()) - tr
+
+def frozen_norms(model:nn.Module) -> list:
+    "The BatchNorm layers whose weights do not train (a frozen stage's): to keep in eval mode while the rest trains."
+    return [m for m in model.modules() if isinstance(m, nn.modules.batchnorm._BatchNorm)
+            and any(True for _ in m.parameters()) and not any(p.requires_grad for p in m.parameters())]
 
 # %% ../nbs/20_models.ipynb #e5688e4a
 def enable_grad_checkpointing(model:nn.Module, spec:ModelSpec) -> int:

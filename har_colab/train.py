@@ -24,7 +24,7 @@ from .core import (ConfigError, DataError, HalvingBatches, HarError, amp_dtype, 
                             seed_everything)
 from .events import EVENTS, Callback, StopTraining
 from .clips import ClipDataset
-from .models import check_input, count_parameters, enable_grad_checkpointing, get_spec, lr_scales
+from .models import check_input, count_parameters, enable_grad_checkpointing, frozen_norms, get_spec, lr_scales
 from .checkpoint import FORMAT_VERSION, RunFolder, find_checkpoint, get_rng_state, set_rng_state
 from .config import MAY_CHANGE_ON_RESUME, TrainConfig, check_batch_size, config_diff, resolve_config
 from .build import (RunStart, build_cache, build_model, build_samples, clip_dataset, gpu_decode_device, load_run,
@@ -37,7 +37,8 @@ from .callbacks import PlotCallback, default_callbacks
 # %% auto #0
 __all__ = ['EpochBatchSampler', 'lr_factor', 'make_optimizer', 'amp_setup', 'to_cpu', 'torch_rng_state', 'set_torch_rng_state',
            'uses_channels_last', 'batch_to_device', 'mix_batch', 'ignore_stop_signals', 'loader_settings', 'evaluate',
-           'Trainer', 'EvalResult', 'evaluate_run', 'evaluated', 'final_evaluation', 'FitResult', 'preflight', 'fit']
+           'keep_buffers', 'put_back', 'cpu_copy', 'device_name', 'oom_where', 'Trainer', 'EvalResult', 'evaluate_run',
+           'evaluated', 'final_evaluation', 'FitResult', 'preflight', 'fit']
 
 # %% ../nbs/40_train.ipynb #982498a6
 class EpochBatchSampler:
@@ -119,7 +120,8 @@ def mix_batch(x:torch.Tensor, mixup:float, cutmix:float, *seed) -> tuple:
     cut = cutmix > 0 and (mixup <= 0 or rng.random() < 0.5)
     a = cutmix if cut else mixup
     lam = float(rng.beta(a, a))
-    perm = torch.from_numpy(rng.permutation(len(x))).to(x.device)
+    perm = torch.from_numpy(rng.permutation(len(x)))
+    if x.is_cuda: perm = perm.pin_memory().to(x.device, non_blocking=True)   # pinned: the copy does not wait for the GPU
     if not cut: return x.mul(lam).add_(x[perm], alpha=1 - lam), perm, lam
     H, W = x.shape[-2:]
     r, cy, cx = math.sqrt(1 - lam), int(rng.integers(H)), int(rng.integers(W))
@@ -189,6 +191,31 @@ def _new_running() -> dict:
     "An epoch's running sums: loss, correct, count, and seconds of training, validation and waiting for input."
     return {"loss": 0.0, "correct": 0, "count": 0, "seconds": 0.0, "val_seconds": 0.0, "data_wait": 0.0}
 
+def keep_buffers(model:nn.Module) -> list:
+    "(buffer, copy) pairs of `model`'s buffers (BatchNorm statistics), for `put_back` before a forward pass runs again."
+    return [(b, b.detach().clone()) for b in model.buffers()]
+
+def put_back(kept:list):
+    "Copy each kept copy back into its tensor (`keep_buffers`)."
+    with torch.no_grad():
+        for t, v in kept: t.copy_(v)
+
+def cpu_copy(obj):
+    "`obj` with each tensor copied to the CPU: a copy also of a tensor that is there already (`to_cpu` would share it)."
+    if torch.is_tensor(obj): return obj.detach().to("cpu", copy=True)
+    if isinstance(obj, dict): return {k: cpu_copy(v) for k, v in obj.items()}
+    if isinstance(obj, (list, tuple)): return type(obj)(cpu_copy(v) for v in obj)
+    return obj
+
+def device_name(device) -> str:
+    "The GPU's name ('Tesla T4'), else the device type ('cpu'): what a checkpoint's micro-batch was found to fit."
+    device = torch.device(device)
+    return torch.cuda.get_device_name(device) if device.type == "cuda" else device.type
+
+def oom_where() -> str:
+    "Where `HAR_COLAB_OOM_AT_STEP` strikes (fault injection): `HAR_COLAB_OOM_WHERE` = forward (default), backward or step."
+    return os.environ.get("HAR_COLAB_OOM_WHERE", "forward")
+
 class Trainer:
     "The training loop over a model and two `ClipDataset`s."
     def __init__(self, cfg:TrainConfig, model:nn.Module, train_ds:ClipDataset, val_ds:ClipDataset, run:RunFolder,
@@ -205,6 +232,7 @@ class Trainer:
         self.micro = cfg.batch_size // (W * cfg.accumulate)      # clips per forward pass in each process
         self.accumulate = cfg.accumulate                          # micro-batches per step: doubled when the micro-batch halves
         self.notes, self.committed, self.grad_ckpt = [], False, False
+        self.device_name, self._retry, self._step_proven, self._fault_step, self._kept_scaler = device_name(self.device), None, False, None, {}
         n = self.n_train = len(train_ds)
         check_batch_size(cfg, n)
         self.steps_per_epoch = n // cfg.batch_size
@@ -218,7 +246,10 @@ class Trainer:
         self.channels_last = uses_channels_last(cfg, self.device)
         if self.channels_last: self.model.to(memory_format=torch.channels_last_3d)
         self.model, self.net = wrap_model(self.model, self.device, cfg.sync_bn)   # net: DDP under torchrun, else the model
+        self.frozen_norms = frozen_norms(self.model)          # a frozen backbone's BatchNorm layers: kept in eval mode
         self.opt = make_optimizer(self.model, cfg)
+        if oom_where() == "step":       # fault injection: an out-of-memory inside the step, after its update was applied
+            self.opt.register_step_post_hook(lambda opt, args, kwargs: fault_oom(0, self._fault_step))
         self.sched = torch.optim.lr_scheduler.LambdaLR(self.opt, lambda s: lr_factor(s, self.warmup_steps, self.total_steps))
         self.scaler = torch.amp.GradScaler(self.device.type, enabled=use_scaler)
         self.loss_fn = nn.CrossEntropyLoss(label_smoothing=cfg.label_smoothing)
@@ -251,8 +282,8 @@ class Trainer:
         "Everything needed to continue exactly."
         return {"format_version": FORMAT_VERSION, "model": {k: v.detach().cpu() for k, v in self.model.state_dict().items()},
                 "optimizer": to_cpu(self.opt.state_dict()), "scheduler": self.sched.state_dict(), "scaler": self.scaler.state_dict(),
-                "amp_dtype": dtype_name(self.amp_dtype), "micro_batch": self.micro, "accumulate": self.accumulate,
-                "grad_checkpoint": self.grad_ckpt,
+                "scaler_fp16": self._kept_scaler, "amp_dtype": dtype_name(self.amp_dtype), "device_name": self.device_name,
+                "micro_batch": self.micro, "accumulate": self.accumulate, "grad_checkpoint": self.grad_ckpt,
                 "epoch": self.epoch, "step_in_epoch": self.step_in_epoch, "global_step": self.global_step,
                 "running": dict(self.running), "epoch_order": self.sampler.order(self.epoch),
                 "rng": get_rng_state(), "history": [dict(h) for h in self.history], "best_val_acc": self.best_val_acc,
@@ -274,17 +305,27 @@ class Trainer:
         self.history, self.best_val_acc = [dict(h) for h in st["history"]], st.get("best_val_acc")
         note = set_rng_state(st["rng"])
         if note: self.notes.append(note)
-        m, a = st.get("micro_batch"), st.get("accumulate")
-        if m and a and m < self.micro and m * a == self.micro * self.accumulate:   # an out-of-memory made it smaller
+        m, a, was = st.get("micro_batch"), st.get("accumulate"), st.get("device_name")
+        smaller = m and a and m < self.micro and m * a == self.micro * self.accumulate   # an out-of-memory made it smaller
+        ckpt = st.get("grad_checkpoint") and not self.grad_ckpt and self.cfg.grad_checkpoint == "auto"
+        if (smaller or ckpt) and was is not None and was != self.device_name:   # another GPU: what fits there is not known
+            left = " and ".join([f"micro-batch {m} x accumulate {a}"] * bool(smaller) + ["activation checkpointing"] * bool(ckpt))
+            self.notes.append(f"the checkpoint left {left} after an out-of-memory on {was}; this is {self.device_name}: trying "
+                              f"the configured micro-batch {self.micro} first (the memory check decides)")
+            return
+        if smaller:
             self._set_micro(m)
             self.notes.append(f"micro-batch {m} x accumulate {a} as the checkpoint left it after an out-of-memory")
-        if st.get("grad_checkpoint") and not self.grad_ckpt and self.cfg.grad_checkpoint == "auto":
-            self._grad_checkpointing("as the checkpoint left it after an out-of-memory")
+        if ckpt: self._grad_checkpointing("as the checkpoint left it after an out-of-memory")
     def _load_scaler(self, st:dict):
-        "The GradScaler's state where both the checkpoint and this run have one: fp16 <-> bf16/fp32/CPU resumes either way."
-        saved, was, now = st.get("scaler") or {}, st.get("amp_dtype"), dtype_name(self.amp_dtype)
-        if self.scaler.is_enabled() and saved: self.scaler.load_state_dict(saved)
-        elif self.scaler.is_enabled(): self.notes.append("the checkpoint has no GradScaler state (it ran without fp16): the loss scale starts anew")
+        """The GradScaler's state where both the checkpoint and this run have one: fp16 <-> bf16/fp32/CPU resumes either way.
+        A run without one keeps the checkpoint's (`scaler_fp16`), so the loss scale survives a hop through bf16 or the CPU."""
+        saved, was, now = st.get("scaler") or st.get("scaler_fp16") or {}, st.get("amp_dtype"), dtype_name(self.amp_dtype)
+        if not self.scaler.is_enabled(): self._kept_scaler = saved
+        elif saved:
+            self.scaler.load_state_dict(saved)
+            if not st.get("scaler"): self.notes.append(f"the loss scale {saved['scale']:g} of the last fp16 session goes on")
+        else: self.notes.append("the checkpoint has no GradScaler state (it ran without fp16): the loss scale starts anew")
         if was is not None and was != now:
             self.notes.append(f"resumed with autocast {now}; the checkpoint was trained with {was} on {st['config'].get('device', '?')}")
 
@@ -299,28 +340,49 @@ class Trainer:
         for m in self.notes: self.note(m)
         self.notes = []
     def _forward(self, x, step:int|None=None):
-        "`self.net(x)`; an injected out-of-memory (a test's) fires inside the model, where a real one does: under DDP after its buffer broadcast."
-        if self.net is self.model: fault_oom(len(x), step); return self.net(x)
-        hook = self.model.register_forward_pre_hook(lambda m, a: fault_oom(len(x), step))
+        "`self.net(x)`; an injected out-of-memory (a test's, HAR_COLAB_OOM_WHERE=forward) fires inside the model, where a real one does: under DDP after its buffer broadcast."
+        at = step if oom_where() == "forward" else None
+        if self.net is self.model: fault_oom(len(x), at); return self.net(x)
+        hook = self.model.register_forward_pre_hook(lambda m, a: fault_oom(len(x), at))
         try: return self.net(x)
         finally: hook.remove()
+    def _train_mode(self):
+        "Training mode, except for frozen BatchNorm layers: their running statistics stay those the backbone learned."
+        self.model.train()
+        for m in self.frozen_norms: m.eval()
+    @property
+    def _params(self) -> list: return [p for g in self.opt.param_groups for p in g["params"]]
+    def _keep_state(self) -> dict:
+        "A copy on the CPU of what an optimizer step changes: the weights it updates, the optimizer's and the GradScaler's state."
+        return {"params": [p.detach().to("cpu", copy=True) for p in self._params], "optimizer": cpu_copy(self.opt.state_dict()),
+                "scaler": self.scaler.state_dict() if self.scaler.is_enabled() else None}
+    def _put_back_state(self, kept:dict):
+        "Weights, optimizer and GradScaler exactly as `_keep_state` found them."
+        put_back(zip(self._params, kept["params"]))
+        self.opt.load_state_dict(kept["optimizer"])
+        if kept["scaler"] is not None:       # a new one: only update() clears the marks unscale_() and step() leave
+            self.scaler = torch.amp.GradScaler(self.device.type); self.scaler.load_state_dict(kept["scaler"])
     def memory_check(self):
-        """One real training forward + backward at the micro-batch under the run's autocast, before the first step, so an
-        out-of-memory shows where it costs nothing; random states, gradients and BatchNorm statistics are put back."""
+        """One real training step at the micro-batch under the run's autocast before the first step: forward, backward and
+        the optimizer step, which allocates the optimizer's state (AdamW's two moments, SGD's momentum) and its largest
+        temporaries, so an out-of-memory shows where it costs nothing. Everything is put back: weights, optimizer state,
+        random states, gradients and BatchNorm statistics."""
         import contextlib
-        rng, bufs, was = torch_rng_state(), [(b, b.detach().clone()) for b in self.model.buffers()], self.model.training
+        rng, bufs, was, kept = torch_rng_state(), keep_buffers(self.model), self.model.training, self._keep_state()
         def check():
             try:
-                self.model.train()
+                self._train_mode()
                 x = self._to_device(torch.zeros(self.spec.input_shape(self.micro, self.cfg.frames), dtype=torch.uint8))
                 y = torch.zeros(self.micro, dtype=torch.long, device=self.device)
                 with (self.net.no_sync() if self.net is not self.model else contextlib.nullcontext()):
                     with self._autocast(): loss = self.loss_fn(self._forward(x).float(), y)
                     if loss.requires_grad: loss.backward()
+                del x, loss                                 # as in a step: the activations are gone before the optimizer runs
+                if self.cfg.clip_grad: torch.nn.utils.clip_grad_norm_(self._params, self.cfg.clip_grad)
+                self.opt.step()
             finally:
                 self.opt.zero_grad(set_to_none=True)
-                with torch.no_grad():
-                    for b, v in bufs: b.copy_(v)
+                put_back(bufs); self._put_back_state(kept)
         try: self._until_it_fits(check, lambda: "the memory check before the first step"); failed = None
         except HarError as e: failed = e
         why = first_error(None if failed is None else str(failed))   # under DDP: any process's failure, in every process
@@ -344,6 +406,20 @@ class Trainer:
         n = enable_grad_checkpointing(self.model, self.spec)
         if n: self.grad_ckpt = True; self.note(f"activation checkpointing on for {n} blocks of {self.cfg.model} ({why})")
         return n
+    def _put_back_step(self):
+        """Before a failed step runs again: its random state and BatchNorm statistics as they were before it, and when it failed
+        inside the optimizer step, also the weights, optimizer and GradScaler state kept before it; where none were kept (a
+        step that had run before at this micro-batch), one line stops the run: a second update must not land on a half one."""
+        set_torch_rng_state(self._step_rng)
+        r, self._retry, self._fault_step = self._retry, None, None
+        if r is None: return
+        put_back(r["buffers"])
+        if not r["in_step"] or is_distributed(): return            # under DDP `_out_of_memory` stops the run
+        if r["state"] is None:
+            raise HarError(f"out of GPU memory inside optimizer step {self.global_step + 1} after it had begun to change the weights "
+                           f"(steps before it fitted at micro-batch {self.micro}); nothing from it is saved: run the same command "
+                           "again, it resumes from the last checkpoint") from None
+        self._put_back_state(r["state"])
     def _set_micro(self, m:int):
         "Micro-batch `m` with the accumulation that keeps the global batch; new loaders (the sampler cuts the same order finer)."
         self.accumulate, self.micro = self.accumulate * self.micro // m, m
@@ -430,11 +506,39 @@ class Trainer:
         return torch.autocast(self.device.type, dtype=self.amp_dtype)
     def train_step(self, micro_batches:list):
         "One optimizer step over `accumulate` micro-batches."
-        import contextlib
-        self.model.train()
+        self._train_mode()
         if is_distributed(): torch.manual_seed(derive_seed(self.cfg.seed, "dropout", rank(), self.global_step))
+        self._retry = {"buffers": keep_buffers(self.model), "in_step": False, "state": None}   # what a retry puts back
         loss_sum = torch.zeros((), device=self.device)            # on the device: no host sync per micro-batch
-        correct, count = torch.zeros((), dtype=torch.long, device=self.device), 0
+        correct = torch.zeros((), dtype=torch.long, device=self.device)
+        hook = None
+        if oom_where() == "backward" and self._params:     # fault injection: an out-of-memory in the middle of a backward
+            hook = self._params[0].register_hook(lambda g, step=self.global_step + 1: fault_oom(0, step))
+        try: self._micro_steps(micro_batches, loss_sum, correct)
+        finally:
+            if hook is not None: hook.remove()
+        count = sum(len(y) for _, y in micro_batches)
+        # the step's numbers in one tensor on the device: one host sync per step, all-reduce included (under DDP)
+        stats = torch.zeros(3 + world_size(), dtype=torch.float32 if self.device.type == "mps" else torch.float64, device=self.device)
+        stats[0], stats[1], stats[2] = loss_sum, correct, count
+        if self.stop_reason is not None: stats[3 + rank()] = 1     # who wants to stop, in the same all-reduce
+        if not self._step_proven and not is_distributed(): self._retry["state"] = self._keep_state()
+        self._retry["in_step"], self._fault_step = True, self.global_step + 1
+        if self.cfg.clip_grad:
+            self.scaler.unscale_(self.opt)
+            torch.nn.utils.clip_grad_norm_([p for p in self.model.parameters() if p.requires_grad], self.cfg.clip_grad)
+        self.scaler.step(self.opt); self.scaler.update()
+        self._fault_step = None
+        self.opt.zero_grad(set_to_none=True)
+        self._scheduler_step()
+        self._retry, self._step_proven = None, True
+        loss_sum, correct, count, *self._asked = all_reduce_sum(stats).tolist()   # the global batch's numbers
+        correct, count = round(correct), round(count)
+        self.last_loss = loss_sum / count
+        for k, v in (("loss", loss_sum), ("correct", correct), ("count", count)): self.running[k] += v
+    def _micro_steps(self, micro_batches:list, loss_sum:torch.Tensor, correct:torch.Tensor):
+        "Forward and backward of each micro-batch, gradients accumulated; the step's loss and correct clips added up on the device."
+        import contextlib
         for i, (x, y) in enumerate(micro_batches):
             x, y = self._to_device(x), y.to(self.device, non_blocking=True)
             lam = None
@@ -447,19 +551,15 @@ class Trainer:
                     loss = self.loss_fn(out.float(), y) if lam is None else \
                         lam * self.loss_fn(out.float(), y) + (1 - lam) * self.loss_fn(out.float(), y[perm])
                 self.scaler.scale(loss / len(micro_batches)).backward()
-            loss_sum += loss.detach().float() * len(y); correct += (out.detach().argmax(1) == y).sum(); count += len(y)
+            loss_sum += loss.detach().float() * len(y); correct += (out.detach().argmax(1) == y).sum()
             del out, loss
-        if self.cfg.clip_grad:
-            self.scaler.unscale_(self.opt)
-            torch.nn.utils.clip_grad_norm_([p for p in self.model.parameters() if p.requires_grad], self.cfg.clip_grad)
-        self.scaler.step(self.opt); self.scaler.update()
-        self.opt.zero_grad(set_to_none=True)
-        self.sched.step()
-        loss_sum, correct = torch.stack([loss_sum, correct.to(loss_sum.dtype)]).tolist()   # the step's one host sync
-        asks = [0.0] * world_size(); asks[rank()] = float(self.stop_reason is not None)   # who wants to stop, in the same all-reduce
-        loss_sum, correct, count, *self._asked = all_reduce_sum([loss_sum, round(correct), count, *asks])   # the global batch's numbers
-        self.last_loss = loss_sum / count
-        for k, v in (("loss", loss_sum), ("correct", correct), ("count", count)): self.running[k] += v
+    def _scheduler_step(self):
+        "The LR schedule follows the step count, also past a step the GradScaler skipped (inf/NaN gradients in fp16)."
+        if not self.scaler.is_enabled(): return self.sched.step()
+        import warnings
+        with warnings.catch_warnings():    # a skipped first step is no reason for LambdaLR's "lr_scheduler.step() before optimizer.step()"
+            warnings.filterwarnings("ignore", message=r"Detected call of `lr_scheduler\.step\(\)` before `optimizer\.step\(\)`")
+            self.sched.step()
 
     # --- evaluation ------------------------------------------------------------------------------------------------
     def evaluate(self, loader=None, check_stop:bool=True) -> dict:
@@ -497,8 +597,7 @@ class Trainer:
     def run_epoch(self):
         self.event("before_epoch")
         if self.step_in_epoch < self.steps_per_epoch:       # a failed step runs again from its start and its random state
-            self._until_it_fits(self._train_steps, lambda: f"step {self.global_step + 1}",
-                                lambda: set_torch_rng_state(self._step_rng))
+            self._until_it_fits(self._train_steps, lambda: f"step {self.global_step + 1}", self._put_back_step)
         self.event("after_train")
         self._stop_point()
         t0, r = time.time(), self.running
@@ -524,6 +623,7 @@ class Trainer:
         "The optimizer steps left in this epoch, from `step_in_epoch` on."
         t0, A = time.time(), self.accumulate
         self.sampler.set_epoch(self.epoch, self.step_in_epoch * A)
+        self._step_proven = False        # the first step here keeps a copy of what it changes (`_put_back_step`)
         pending, self._step_rng = [], torch_rng_state()
         for x, y in self._batches(self.train_loader):
             pending.append((x, y))

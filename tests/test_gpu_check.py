@@ -17,8 +17,10 @@ def test_gpu_check_quick_on_the_cpu(tmp_path):
                        text=True, timeout=540)
     assert r.returncode == 0, r.stdout[-3000:] + r.stderr[-3000:]
     md = out.read_text()
-    for section in ("### One training step", "### Out-of-memory fallback", "### Killed with SIGKILL and resumed",
+    for section in ("### One training step", "### Out-of-memory fallback", "### Out-of-memory inside the optimizer step",
+                    "### Killed with SIGKILL and resumed",
                     "### Input pipeline on 2 CPU cores"):
         assert section in md, section
     assert "in the evaluation of best.pt: continuing at batch 1" in md and "eval.json written" in md
     assert "continuing with micro-batch 2 x accumulate 4" in md and "(bit-exact)" in md and "all checks passed" in md
+    assert "moments 0 (bit-exact)" in md and "(step 1 fitted): exit 2, one line" in md

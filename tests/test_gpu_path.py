@@ -153,6 +153,13 @@ def test_resume_across_mixed_precision_modes(small_data, tmp_path, monkeypatch):
     assert "resumed with autocast float32; the checkpoint was trained with float16" in (run / "events.log").read_text()
     assert weights(run)["epoch"] == 3 and weights(run)["scaler"] == {}
     assert all(v.device.type == "cpu" for s in weights(run)["optimizer"]["state"].values() for v in s.values() if torch.is_tensor(v))
+    assert weights(run)["scaler_fp16"] == saved["scaler"]   # carried through the session without fp16 ...
+    monkeypatch.setattr(T, "amp_setup", lambda device, amp="auto", bf16_supported=None: (None, True))
+    monkeypatch.setattr(T, "dtype_name", lambda dt: "float16")
+    assert fit(cfg(run, 4), echo=lambda *a: None).status == "completed"
+    assert f"the loss scale {saved['scaler']['scale']:g} of the last fp16 session goes on" in (run / "events.log").read_text()
+    back = weights(run)["scaler"]                          # ... and goes on counting where fp16 left it (2 + 2 steps)
+    assert back["scale"] == saved["scaler"]["scale"] and back["_growth_tracker"] == saved["scaler"]["_growth_tracker"] + 2 == 4
 
 
 def test_checkpointing_mvit_blocks_keeps_gradients():
