@@ -36,7 +36,8 @@ from .callbacks import PlotCallback, default_callbacks
 # %% auto #0
 __all__ = ['EpochBatchSampler', 'lr_factor', 'make_optimizer', 'amp_setup', 'to_cpu', 'torch_rng_state', 'set_torch_rng_state',
            'uses_channels_last', 'batch_to_device', 'mix_batch', 'ignore_stop_signals', 'loader_settings', 'evaluate',
-           'Trainer', 'EvalResult', 'evaluate_run', 'evaluated', 'final_evaluation', 'FitResult', 'preflight', 'fit']
+           'Trainer', 'EvalResult', 'evaluate_run', 'eval_files', 'evaluated', 'final_evaluation', 'FitResult',
+           'preflight', 'fit']
 
 # %% ../nbs/40_train.ipynb #982498a6
 class EpochBatchSampler:
@@ -522,6 +523,7 @@ class EvalResult:
     confusion: list       # [true][predicted] video counts
     checkpoint: Path
     clips: int
+    note: str = ""        # why another checkpoint stood in for best.pt (it does not load)
     def per_class(self) -> dict:
         return {c: (row[i] / sum(row) if sum(row) else float("nan")) for i, (c, row) in enumerate(zip(self.class_names, self.confusion))}
     def summary(self) -> str:
@@ -534,16 +536,22 @@ class EvalResult:
 
 def evaluate_run(run_dir, checkpoint:str="best", clips:int|None=None, data=None, workers:int=2, device="auto",
                  batch_size:int|None=None) -> EvalResult:
-    "Evaluate checkpoint `best`, `last` or a path of the run in `run_dir`, `batch_size` clips at a time (default: the run's micro-batch)."
+    """Evaluate checkpoint `best`, `last` or a path of the run in `run_dir`, `batch_size` clips at a time (default: the
+    run's micro-batch). `run_dir` may be the `RunFolder` `fit` writes through: the files then go where its checkpoints
+    go (its fallback folder while the run folder fails). Files: `eval_files`."""
     from .plots import confusion_matrix, plot_confusion
-    saved = load_run(run_dir, checkpoint, data)
+    from .build import best_epoch, run_folder
+    if clips is not None and clips < 1: raise ConfigError(f"clips={clips}; use 1 or more clips per video (--clips)")
+    if workers < 0: raise ConfigError(f"workers={workers}; use 0 (decode in this process) or more DataLoader workers (--workers)")
+    run = run_folder(run_dir)
+    saved = load_run(run, checkpoint, data, last_ok=True)
     cfg, names, dev = saved.config, saved.class_names, resolve_device(device)
     if batch_size is not None and batch_size < 1: raise ConfigError(f"batch_size={batch_size}; use 1 or more clips")
     model = saved.model(dev)
-    K = clips or cfg.eval_clips
+    K = cfg.eval_clips if clips is None else clips
     # the run's GPU decoding where it evaluates on a GPU (on a CPU the videos are decoded there)
     ddev = gpu_decode_device(cfg, dev, saved.val.paths[0] if len(saved.val) else None) if dev.type == "cuda" else None
-    ds = clip_dataset(cfg, saved.val, train=False, clips_per_video=K, video_sizes=run_video_sizes(run_dir, cfg.data, saved.val),
+    ds = clip_dataset(cfg, saved.val, train=False, clips_per_video=K, video_sizes=run_video_sizes(run.root, cfg.data, saved.val),
                       decode_device=ddev)
     cl, dt = uses_channels_last(cfg, dev), amp_dtype(dev, cfg.amp)   # the trainer's GPU path: channels_last, autocast, pinned
     if cl: model = model.to(memory_format=torch.channels_last_3d)
@@ -554,23 +562,68 @@ def evaluate_run(run_dir, checkpoint:str="best", clips:int|None=None, data=None,
         m, probs, labels = evaluate(model, loader, len(names), lambda x: batch_to_device(x, dev, ds.transform, cl),
                                     (lambda: torch.autocast(dev.type, dtype=dt)) if dt else None, _eval_fault())
     cm = confusion_matrix(probs.argmax(1).tolist(), labels.tolist(), len(names))
-    run = RunFolder(run_dir)
-    plot_confusion(cm, names, run.root/"confusion.png")
-    res = EvalResult(m, names, cm, saved.path, K)
-    atomic_write_json(run.root/"eval.json", {"checkpoint": saved.path.name, "clips": K, **m, "per_class": res.per_class()})
+    res = EvalResult(m, names, cm, saved.path, K, saved.note)
+    info = {"checkpoint": saved.path.name, "epoch": int(saved.state["epoch"]), "step_in_epoch": int(saved.state["step_in_epoch"]),
+            "clips": K, **m, "per_class": res.per_class()}
+    if checkpoint == "best":                              # the epoch this evaluation stands for (`evaluated`)
+        info["best_epoch"] = best_epoch(run) if saved.note else info["epoch"]
+        if saved.note: info["note"] = saved.note
+    _write_eval(run, isinstance(run_dir, RunFolder), eval_files(checkpoint, K, cfg.eval_clips), plot_confusion(cm, names), info)
     return res
 
-def evaluated(run:RunFolder) -> bool:
-    "An `eval.json` at least as new as the run's best checkpoint exists."
-    ev = run.root/"eval.json"
-    return ev.exists() and (not run.best.exists() or ev.stat().st_mtime >= run.best.stat().st_mtime)
+def eval_files(checkpoint:str, clips:int, eval_clips:int) -> tuple:
+    """(json, png) file names of an evaluation: eval.json and confusion.png for best.pt at the run's eval_clips (the final
+    evaluation the run folder contract names), else eval_<checkpoint>[_<clips>clips].json and confusion_<...>.png."""
+    if checkpoint == "best" and clips == eval_clips: return "eval.json", "confusion.png"
+    tag = checkpoint if checkpoint in ("best", "last") else Path(checkpoint).stem
+    tag += "" if clips == eval_clips else f"_{clips}clips"
+    return f"eval_{tag}.json", f"confusion_{tag}.png"
+
+def _write_eval(run:RunFolder, through_run:bool, names:tuple, figure, info:dict):
+    "The evaluation's JSON and figure: through `run` (its fallback folder while it fails) for `fit`, else straight into it."
+    import io
+    from .core import atomic_write
+    png = io.BytesIO(); figure.savefig(png, format="png")
+    files = [(run.root/names[1], png.getvalue()),
+             (run.root/names[0], (json.dumps(info, indent=2, sort_keys=True, default=str) + "\n").encode("utf-8"))]
+    for path, data in files:
+        if through_run: run.write_bytes(path, data)
+        else: atomic_write(path, lambda f: f.write(data))
+
+def _eval_json(run:RunFolder) -> dict|None:
+    "The run's eval.json (its fallback folder's while that holds one: the newer), or None."
+    for folder in ([run.fallback] if run.fallback is not None else []) + [run]:
+        try: ev = json.loads((folder.root/"eval.json").read_text(encoding="utf-8"))
+        except (OSError, ValueError): continue
+        if isinstance(ev, dict): return ev
+    return None
+
+def evaluated(run:RunFolder, clips:int|None=None) -> bool:
+    """Whether eval.json is the final evaluation of best.pt as it is now: of best.pt's epoch, with `clips` clips per video
+    (default: the run's eval_clips), as eval.json itself says (not the files' times)."""
+    from .build import best_epoch
+    ev = _eval_json(run)
+    if ev is None: return False
+    if clips is None:
+        try: clips = json.loads(run.config.read_text(encoding="utf-8")).get("eval_clips")
+        except (OSError, ValueError, AttributeError): clips = None
+    if clips is not None and ev.get("clips") != clips: return False
+    if "best_epoch" in ev: return ev["best_epoch"] == best_epoch(run)
+    try:                                                  # written by an older har_colab: best.pt's, and newer than it
+        return ev.get("checkpoint") == "best.pt" and (run.root/"eval.json").stat().st_mtime >= run.best.stat().st_mtime
+    except OSError: return False
 
 def final_evaluation(cfg:TrainConfig, run:RunFolder, device, batch_size:int, echo=print) -> EvalResult:
-    "What `fit` does when training completes: `evaluate_run` of best.pt with `cfg.eval_clips` clips per video, logged."
+    """What `fit` does when training completes: `evaluate_run` of best.pt (or of what stands in for a best.pt that does not
+    load, said) with `cfg.eval_clips` clips per video, logged; its files go where the checkpoints are."""
     run.release_log()                                     # a run that was already done wrote nothing yet: log from here
-    res = evaluate_run(run.root, "best", clips=cfg.eval_clips, data=cfg.data, workers=cfg.workers, device=device,
+    res = evaluate_run(run, "best", clips=cfg.eval_clips, data=cfg.data, workers=cfg.workers, device=device,
                        batch_size=batch_size)
+    if res.note: run.log(f"warning: {res.note}", echo)
     run.log(f"final evaluation: {res.summary()} -> eval.json, confusion.png", echo)
+    if run.degraded and not run.copy_back():              # the run folder still fails: say where the files are
+        run.log(f"the run folder {run.root} does not answer: its newest files (checkpoints, metrics.csv, curves.png, eval.json) "
+                f"are in {run.fallback.root}, and the next run of the same command copies them back", echo)
     return res
 
 # %% ../nbs/40_train.ipynb #2435f567
