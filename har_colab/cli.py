@@ -185,9 +185,12 @@ def cmd_train(a) -> int:
 
 def cmd_plot(a) -> int:
     from har_colab.core import HarError
-    from har_colab.checkpoint import RunFolder
+    from har_colab.build import run_folder
     from har_colab.plots import plot_curves, read_metrics
-    run = RunFolder(a.run_dir)
+    run = named = run_folder(a.run_dir)
+    fb = run.fallback
+    if fb is not None and fb.metrics.is_file() and (not run.metrics.is_file() or fb.metrics.stat().st_mtime > run.metrics.stat().st_mtime):
+        run = fb                                      # the run folder failed: its newest metrics and curves are in the fallback folder
     if not run.metrics.is_file(): raise HarError(f"no metrics.csv in {run.root}; train first (har-colab train --run-dir {run.root} ...)")
     history = read_metrics(run.metrics)
     if not history:                                   # an empty plot would replace good curves
@@ -197,7 +200,7 @@ def cmd_plot(a) -> int:
     if not any("val_acc" in h for h in history) and run.curves.exists():   # curves without validation would replace a good figure
         out = run.root/"curves_train.png"
         note = f" ({run.metrics.name} has no validation columns, so {run.curves.name} is left as it is)"
-    plot_curves(history, out, title=run.root.name)
+    plot_curves(history, out, title=named.root.name)
     print(f"wrote {out}{note}")
     return 0
 
@@ -234,8 +237,11 @@ def cmd_doctor(a) -> int:
     return report.exit_code
 
 def cmd_sweep(a) -> int:
+    from har_colab.core import HarError
     from har_colab.experiments import sweep
     from har_colab.train import TrainConfig
+    if Path(a.root).expanduser().exists() and not Path(a.root).expanduser().is_dir():
+        raise HarError(f"--root {a.root} is a file; give the sweep's folder (new, or one an earlier sweep call made)")
     train = {f.name: getattr(a, f.name) for f in dataclasses.fields(TrainConfig) if hasattr(a, f.name)}
     res = sweep(a.root, a.models, a.seeds, **train)
     if res.comparison is not None: print(res.comparison.table())
@@ -307,7 +313,8 @@ def _run_command(argv) -> int:
     except OSError as e:
         if e.errno not in _OS_ERRNOS: raise
         fix = _OS_FIX.get(args.command, "check the path and the free space (in Colab: mount Drive again)")
-        where = f"{e.filename}: " if e.filename else ""
+        name = e.filename2 or e.filename              # os.replace(temp, target): the target
+        where = f"{name}: " if name else ""
         print(f"har-colab {args.command}: error: {where}{e.strerror or e} ({errno.errorcode.get(e.errno, e.errno)}); {fix}",
               file=sys.stderr)
         return 2
