@@ -252,6 +252,7 @@ def best_checkpoint(run:RunFolder,
     if path is None and not checkpoint_candidates(run): raise HarError(why)
     epoch = best_epoch(run)
     same = [p for p in checkpoint_candidates(run) if p.name != "best.pt" and _progress_or_none(p) == (epoch, 0)]
+    same.sort(key=lambda p: p.name == "last.pt")            # epoch_NNN.pt names the epoch
     if epoch is not None and same:
         return same[0], f"{why}; {same[0].name} stands in for it (the checkpoint of the same epoch {epoch})"
     if last_ok:

@@ -568,15 +568,15 @@ def evaluate_run(run_dir, checkpoint:str="best", clips:int|None=None, data=None,
     if checkpoint == "best":                              # the epoch this evaluation stands for (`evaluated`)
         info["best_epoch"] = best_epoch(run) if saved.note else info["epoch"]
         if saved.note: info["note"] = saved.note
-    _write_eval(run, isinstance(run_dir, RunFolder), eval_files(checkpoint, K, cfg.eval_clips), plot_confusion(cm, names), info)
+    _write_eval(run, isinstance(run_dir, RunFolder), eval_files(checkpoint), plot_confusion(cm, names), info)
     return res
 
-def eval_files(checkpoint:str, clips:int, eval_clips:int) -> tuple:
-    """(json, png) file names of an evaluation: eval.json and confusion.png for best.pt at the run's eval_clips (the final
-    evaluation the run folder contract names), else eval_<checkpoint>[_<clips>clips].json and confusion_<...>.png."""
-    if checkpoint == "best" and clips == eval_clips: return "eval.json", "confusion.png"
-    tag = checkpoint if checkpoint in ("best", "last") else Path(checkpoint).stem
-    tag += "" if clips == eval_clips else f"_{clips}clips"
+def eval_files(checkpoint:str) -> tuple:
+    """(json, png) file names of an evaluation: eval.json and confusion.png for best.pt (with the clips per video eval.json
+    names: `evaluated` redoes the final evaluation at the run's eval_clips), else eval_<checkpoint>.json and
+    confusion_<checkpoint>.png (eval_last.json, eval_epoch_002.json): eval.json always describes best.pt."""
+    if checkpoint == "best": return "eval.json", "confusion.png"
+    tag = checkpoint if checkpoint == "last" else Path(checkpoint).stem
     return f"eval_{tag}.json", f"confusion_{tag}.png"
 
 def _write_eval(run:RunFolder, through_run:bool, names:tuple, figure, info:dict):

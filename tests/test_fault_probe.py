@@ -140,7 +140,9 @@ def test_a_corrupt_best_pt_is_stood_in_for_by_its_epoch_and_said_in_whole_senten
     assert "final evaluation" not in r.stdout and "already trained 2/2" in r.stdout
     r = ok(run_cli("eval", "--run-dir", run, "--workers", "0", "--clips", "2"))
     assert r.stdout.startswith("note: ") and "stands in for it" in r.stdout
-    assert (run / "eval_best_2clips.json").is_file() and json.loads((run / "eval.json").read_text()) == ev
+    assert json.loads((run / "eval.json").read_text())["clips"] == 2        # best.pt's still, at 2 clips: it says so
+    r = ok(run_cli(*train_args(run, small_data), env=FAULT_ENV))           # so the final evaluation (1 clip) is redone
+    assert "final evaluation: epoch_" in r.stdout and json.loads((run / "eval.json").read_text())["clips"] == 1
 
 
 def test_best_checkpoint_without_a_checkpoint_of_its_epoch(tmp_path):
@@ -168,8 +170,9 @@ def test_eval_json_describes_best_pt_whatever_other_evaluations_ran(small_data, 
     ev = json.loads((run / "eval.json").read_text())
     assert ev["checkpoint"] == "best.pt" and ev["best_epoch"] == best_epoch_of(run)
     ok(run_cli("eval", "--run-dir", run, "--checkpoint", "last", "--clips", "2", "--workers", "0"))
-    assert json.loads((run / "eval.json").read_text()) == ev                # untouched: it goes to eval_last_2clips.json
-    assert json.loads((run / "eval_last_2clips.json").read_text())["checkpoint"] == "last.pt"
+    assert json.loads((run / "eval.json").read_text()) == ev                # untouched: it goes to eval_last.json
+    last = json.loads((run / "eval_last.json").read_text())
+    assert last["checkpoint"] == "last.pt" and last["clips"] == 2 and (run / "confusion_last.png").is_file()
     # an eval.json that no longer describes best.pt (newer than it, but of another epoch) is redone, not trusted by its time
     (run / "eval.json").write_text(json.dumps({**ev, "best_epoch": 7}))
     r = ok(run_cli(*train_args(run, small_data), env=FAULT_ENV))
