@@ -93,6 +93,11 @@ def test_drive_fails_to_the_end_then_every_step_follows_the_checkpoints_and_they
     r = ok(cli("compare", tmp_path, "--out", tmp_path / "cmp.png"))         # the fallback folder is no run of its own
     assert [l.split()[0] for l in r.stdout.splitlines()[1:-1]] == ["run"], r.stdout
     assert "is the fallback folder of" in r.stderr and "running" not in r.stdout
+    # the next start while the Drive still fails: nothing to train, nothing to evaluate again, and it says where the files are
+    r = ok(run_cli(*train_args(run, small_data, "--fallback-dir", local, "--plot", "--tensorboard"),
+                   env={**FAULT_ENV, "HAR_COLAB_FAIL_SAVE": "1-:EIO"}))
+    assert "already trained 2/2" in r.stdout and "final evaluation" not in r.stdout
+    assert [l for l in r.stdout.splitlines() if str(fb) in l and "copies them back" in l], r.stdout
     # the Drive has room again: the next start copies everything back, though there is nothing left to train
     r = ok(run_cli(*train_args(run, small_data, "--fallback-dir", local, "--plot", "--tensorboard"), env=FAULT_ENV))
     assert "the run folder answers again: copied checkpoints/" in r.stdout and "already trained 2/2" in r.stdout
