@@ -253,7 +253,7 @@ def cmd_sweep(a) -> int:
 
 def cmd_compare(a) -> int:
     from har_colab.experiments import compare_runs
-    if a.out: _check_target(a.out, "--out")
+    if a.out: _check_target(a.out, "--out", "comparison.png")
     cmp = compare_runs(a.runs, out=a.out, show=False, echo=lambda m: print(m, file=sys.stderr))
     print(cmp.table())
     print(f"wrote {cmp.figure} and {cmp.figure.with_suffix('.csv').name}")
@@ -262,8 +262,8 @@ def cmd_compare(a) -> int:
 def cmd_predict(a) -> int:
     from har_colab.core import DataError
     from har_colab.predict import predict
-    for path, flag in ((a.csv, "--csv"), (a.timeline, "--timeline")):
-        if path: _check_target(path, flag)
+    for path, flag, example in ((a.csv, "--csv", "predictions.csv"), (a.timeline, "--timeline", "timeline.png")):
+        if path: _check_target(path, flag, example)
     timeline = a.timeline or (Path(a.csv).with_name(Path(a.csv).stem + "_timeline.png") if a.csv else Path("timeline.png"))
     res = predict(a.run_dir, a.paths, topk=a.topk, window=a.window, clips=a.clips, checkpoint=a.checkpoint, device=a.device,
                   workers=a.workers, csv=a.csv, timeline=timeline if a.window else None, show=False)
@@ -284,11 +284,11 @@ COMMANDS = {"demo": cmd_demo, "synth": cmd_synth, "train": cmd_train, "plot": cm
             "prepare": cmd_prepare, "models": cmd_models, "inspect": cmd_inspect, "doctor": cmd_doctor, "sweep": cmd_sweep,
             "compare": cmd_compare, "predict": cmd_predict, "export": cmd_export}
 
-def _check_target(path, flag:str):
+def _check_target(path, flag:str, example:str="out.csv"):
     "A file the command will write: refused in one line, before any work, where it is a folder or under a file."
     from har_colab.core import HarError
     p = Path(path).expanduser()
-    if p.is_dir(): raise HarError(f"{flag} {path} is a folder; give a file name in it, e.g. {flag} {p/('out' + (p.suffix or '.csv'))}")
+    if p.is_dir(): raise HarError(f"{flag} {path} is a folder; give a file name in it, e.g. {flag} {p/example}")
     above = next((q for q in p.parents if q.exists()), None)
     if above is not None and not above.is_dir():
         raise HarError(f"{flag} {path}: {above} is a file, not a folder; give a path in a folder you can write to")
