@@ -25,18 +25,23 @@ from .env import in_colab, in_notebook
 from .clips import ClipDataset
 from .video import _reason, backend_available, open_video
 from .models import LoadReport, create_model, get_spec, load_report, set_head_dropout
-from .checkpoint import RunFolder, RunLock, fallback_folder, find_checkpoint, load_checkpoint
+from .checkpoint import (CheckpointError, RunFolder, RunLock, _progress_or_none, checkpoint_candidates,
+                                  checkpoint_progress, fallback_folder, fallback_pending, find_checkpoint, first_sentence,
+                                  load_checkpoint)
 from .config import TrainConfig, apply_recipe, config_diff, config_from_dict, keep_recipe
 
 # %% auto #0
-__all__ = ['CPU_MODELS', 'build_samples', 'samples_from_saved', 'build_model', 'init_state', 'init_from', 'build_cache',
-           'clip_dataset', 'gpu_decode_device', 'SavedRun', 'checkpoint_path', 'load_run', 'RunStart',
-           'probe_run_videos', 'open_run', 'run_video_sizes', 'cpu_step_seconds', 'colab_without_gpu',
-           'check_colab_gpu']
+__all__ = ['INIT_MIN_SHARE', 'CPU_MODELS', 'build_samples', 'samples_from_saved', 'build_model', 'init_state', 'init_from',
+           'build_cache', 'clip_dataset', 'gpu_decode_device', 'SavedRun', 'run_folder', 'checkpoint_path',
+           'best_epoch', 'best_checkpoint', 'load_run', 'RunStart', 'probe_run_videos', 'open_run', 'run_video_sizes',
+           'cpu_step_seconds', 'colab_without_gpu', 'check_colab_gpu']
 
 # %% ../nbs/35_build.ipynb #67fa4bc0
 def build_samples(cfg:TrainConfig) -> tuple:
     "(train, val) `Samples` for `cfg`."
+    if Path(cfg.data).expanduser().is_file():
+        raise DataError(f"--data {cfg.data} is a file; --data wants the dataset's folder (for --format folder: the folder "
+                        "that holds one sub-folder of videos per class), not a video or an archive (har-colab prepare extracts one)")
     if cfg.format == "folder":
         train, val = train_val_split(load_samples("folder", cfg.data, group_pattern=cfg.group_pattern),
                                      cfg.val_fraction, cfg.seed)
@@ -57,13 +62,14 @@ def _empty_val(cfg:TrainConfig, train:Samples) -> str:
 
 def samples_from_saved(d:dict, data_root,
                        missing_ok:bool=False,  # drop videos deleted since (`--force-resume`) instead of refusing
-                       log=None) -> tuple:     # told what was dropped
+                       log=None,               # told what was dropped
+                       fix:str|None=None) -> tuple:  # the refusal's fix (default: training's, --data or --force-resume)
     "(train, val) rebuilt from a saved `{'train':..., 'val':...}` against the current data root."
     tr, va = Samples.from_dict(d["train"], data_root), Samples.from_dict(d["val"], data_root)
     missing = [p for p in tr.paths + va.paths if not Path(p).exists()]
     if missing and not missing_ok:
-        raise DataError(f"{len(missing)} videos of this run are missing under {data_root} (e.g. {missing[0]}); point --data "
-                        "at the same dataset the run started with, or add --force-resume to continue without them")
+        fix = fix or "point --data at the same dataset the run started with, or add --force-resume to continue without them"
+        raise DataError(f"{len(missing)} videos of this run are missing under {data_root} (e.g. {missing[0]}); {fix}")
     if missing:
         gone = set(missing)
         tr, va = (s.select(i for i, p in enumerate(s.paths) if p not in gone) for s in (tr, va))
@@ -90,7 +96,7 @@ def init_state(source) -> tuple:
     else: raise ConfigError(f"--init {source}: no such run folder or file")
     try: obj = torch.load(path, map_location="cpu", weights_only=True)
     except Exception as e:
-        raise ConfigError(f"--init {path} does not load ({type(e).__name__}: {str(e).splitlines()[0][:120] if str(e) else ''}); give a "
+        raise ConfigError(f"--init {path} does not load ({type(e).__name__}: {first_sentence(e, 160)}); give a "
                           "run folder, a har_colab checkpoint or a state dict saved with torch.save(model.state_dict(), path)") from None
     name = obj.get("model_name") if isinstance(obj, dict) and "format_version" in obj else None
     sd = obj["model"] if name is not None else (obj.get("state_dict", obj) if isinstance(obj, dict) else obj)
@@ -99,6 +105,8 @@ def init_state(source) -> tuple:
     sd = dict(sd)
     torch.nn.modules.utils.consume_prefix_in_state_dict_if_present(sd, "module.")
     return sd, path, name
+
+INIT_MIN_SHARE = 0.5    # `--init` refuses a file that holds fewer of the backbone's weight tensors
 
 def init_from(model:nn.Module, cfg:TrainConfig, source) -> LoadReport:
     """Load into `model` every tensor of `source` (`init_state`) that matches by name and shape; the classifier head is
@@ -111,12 +119,16 @@ def init_from(model:nn.Module, cfg:TrainConfig, source) -> LoadReport:
     head = [k for k in sd if k.startswith(spec.head + ".")]
     new_head = any(k in own and tuple(sd[k].shape) != tuple(own[k].shape) for k in head)
     file = {k: v for k, v in sd.items() if not (new_head and k in head)}
-    model.load_state_dict({k: v for k, v in file.items() if k in own and tuple(v.shape) == tuple(own[k].shape)}, strict=False)
+    fits = {k: v for k, v in file.items() if k in own and tuple(v.shape) == tuple(own[k].shape)}
+    # the backbone's weights (parameters: BatchNorm counters and other buffers do not count) must be in the file
+    backbone = [n for n, _ in model.named_parameters() if not n.startswith(spec.head + ".")]
+    matched = sum(n in fits for n in backbone)
+    if matched < INIT_MIN_SHARE * len(backbone):
+        raise ConfigError(f"--init {path}: only {matched} of the {len(backbone)} backbone weights of {cfg.model} are in it with "
+                          f"their shape (is it another model?); give a run or state dict of {cfg.model}")
+    model.load_state_dict(fits, strict=False)
     rep = load_report(model, file, source=str(path), new=(rf"^{re.escape(spec.head)}\.",) if new_head else ())
     rep.kind = "init from"
-    if rep.loaded == 0:
-        raise ConfigError(f"--init {path}: none of its {len(sd)} tensors fits {cfg.model} (is it another model?); give a run or "
-                          f"state dict of {cfg.model}")
     return rep
 
 def build_cache(cfg:TrainConfig, paths, log=None,
@@ -199,6 +211,7 @@ class SavedRun:
     config: TrainConfig   # the run's resolved config (with `data` pointing where the videos are now)
     train: Samples|None   # None when loaded with samples=False
     val: Samples|None
+    note: str = ""        # why another checkpoint stands in for best.pt (it does not load), else ''
     @property
     def class_names(self) -> list: return list(self.state["class_names"])
     @property
@@ -212,21 +225,76 @@ class SavedRun:
         model.load_state_dict(weights)
         return model.to(device).eval()
 
+def run_folder(run_dir) -> RunFolder:
+    "`run_dir` (a path, or a `RunFolder` as it is) with the fallback folder its config.json names (`--fallback-dir`)."
+    if isinstance(run_dir, RunFolder): return run_dir
+    root = Path(run_dir).expanduser()
+    try: fb = json.loads((root/"config.json").read_text(encoding="utf-8")).get("fallback_dir")
+    except (OSError, ValueError, AttributeError): fb = None
+    return RunFolder(root, fallback_folder(root, fb))
+
 def checkpoint_path(run:RunFolder, checkpoint:str="best") -> Path:
-    "`best`, `last` or a path -> the checkpoint file; a one-line error when it is not there."
-    path = {"best": run.best, "last": run.last}.get(checkpoint, Path(checkpoint))
+    """`best`, `last` or a path -> the checkpoint file (the fallback folder's while it holds a newer one); a one-line
+    error when it is not there."""
+    if checkpoint in ("best", "last"):
+        path, other = getattr(run, checkpoint), getattr(run.fallback, checkpoint, None)
+        if other is not None and other.exists() and (not path.exists() or
+                                                      (_progress_or_none(other) or (-1,)) > (_progress_or_none(path) or (-1,))):
+            path = other
+    else: path = Path(checkpoint).expanduser()
     if not path.exists(): raise HarError(f"no checkpoint {path}; train first, or pass --checkpoint last / a path")
     return path
 
+def best_epoch(run:RunFolder) -> int|None:
+    """The epoch best.pt holds: its own; when it does not load, the best validated epoch in the history of the newest
+    checkpoint that loads (the first of equals: best.pt is replaced only by a better one); None without either."""
+    try: progress = _progress_or_none(checkpoint_path(run, "best"))
+    except HarError: progress = None
+    if progress is not None: return progress[0]
+    quiet = RunFolder(run.root, None if run.fallback is None else run.fallback.root)
+    quiet.log = lambda message, echo=None: None                   # looking never writes to the folder
+    state, _ = find_checkpoint(quiet, mmap=True)
+    rows = [h for h in (state or {}).get("history", []) if "val_acc" in h]
+    return int(max(rows, key=lambda h: h["val_acc"])["epoch"]) if rows else None
+
+def best_checkpoint(run:RunFolder,
+                    last_ok:bool=False) -> tuple:  # True: last.pt (the newest that loads) when nothing holds best.pt's epoch
+    """(path, note) of best.pt; when it does not load, of the newest checkpoint that holds the same epoch (the same
+    weights), the note saying so. Without one: `CheckpointError` naming the fix (or, with `last_ok`, the newest)."""
+    try: path = checkpoint_path(run, "best")
+    except HarError as e: path, why = None, str(e)
+    if path is not None:
+        try: checkpoint_progress(path); return path, ""
+        except CheckpointError as e: why = str(e)
+    if path is None and not checkpoint_candidates(run): raise HarError(why)
+    epoch = best_epoch(run)
+    same = [p for p in checkpoint_candidates(run) if p.name != "best.pt" and _progress_or_none(p) == (epoch, 0)]
+    same.sort(key=lambda p: p.name == "last.pt")            # epoch_NNN.pt names the epoch
+    if epoch is not None and same:
+        return same[0], f"{why}; {same[0].name} stands in for it (the checkpoint of the same epoch {epoch})"
+    if last_ok:
+        quiet = RunFolder(run.root, None if run.fallback is None else run.fallback.root)
+        quiet.log = lambda message, echo=None: None
+        state, last = find_checkpoint(quiet, mmap=True)
+        if last is not None:
+            return last, (f"{why}, and no other checkpoint holds its epoch {epoch}: {last.name} (epoch {state['epoch']}) "
+                          "stands in for it")
+    raise CheckpointError(f"{why}, and no other checkpoint holds its epoch {epoch}; use --checkpoint last, or train more epochs "
+                          "(the next better one writes a new best.pt)")
+
 def load_run(run_dir, checkpoint:str="best", data=None,
-             samples:bool=True) -> SavedRun:  # False: not the run's videos (prediction and export need only the model)
-    "The checkpoint `checkpoint` of the run in `run_dir` (`data`: the dataset root, when it moved since training)."
-    path = checkpoint_path(RunFolder(run_dir), checkpoint)
+             samples:bool=True,        # False: not the run's videos (prediction and export need only the model)
+             last_ok:bool=False) -> SavedRun:  # `best_checkpoint(last_ok)`: last.pt stands in for a best.pt that is lost
+    """The checkpoint `checkpoint` of the run in `run_dir` (a path or a `RunFolder`; its fallback folder's when newer;
+    `data`: the dataset root, when it moved since training). A best.pt that does not load: see `best_checkpoint`."""
+    run = run_folder(run_dir)
+    path, note = best_checkpoint(run, last_ok) if checkpoint == "best" else (checkpoint_path(run, checkpoint), "")
     state = load_checkpoint(path)
     cfg = config_from_dict(state["config"])
     if data: cfg.data = str(data)
-    train, val = samples_from_saved(state["samples"], cfg.data) if samples else (None, None)
-    return SavedRun(path, state, cfg, train, val)
+    fix = "the dataset moved? pass --data with the folder that holds it now"
+    train, val = samples_from_saved(state["samples"], cfg.data, fix=fix) if samples else (None, None)
+    return SavedRun(path, state, cfg, train, val, note)
 
 # %% ../nbs/35_build.ipynb #4f0b6a02
 def _has_history(run:RunFolder) -> int:
@@ -246,6 +314,12 @@ def _move_aside(run:RunFolder) -> Path|None:
     fb = run.fallback.root if run.fallback is not None else None
     if fb is not None and fb.exists(): shutil.move(str(fb), str(fb.with_name(f"{fb.name}-old-{old.name.rsplit('-old-', 1)[1]}")))
     return old
+
+def _copy_back_due(run:RunFolder, path:Path) -> bool:
+    """Whether the fallback folder holds what the run folder lacks: the checkpoint to resume from (`path`), or files that
+    a session wrote there after its checkpoints went back (eval.json of a final evaluation on a failing Drive)."""
+    if not fallback_pending(run): return False
+    return path.is_relative_to(run.fallback.root) or not list(run.fallback.checkpoints.glob("*.pt"))
 
 def _new_classes(cfg:TrainConfig, class_names:list, run:RunFolder) -> str|None:
     "A note when class folders were added to a folder dataset since the run started (None when none, or said before)."
@@ -281,8 +355,7 @@ class RunStart:
             raise RunFolderError(f"cannot write to the run folder {run.root} ({getattr(e, 'strerror', None) or e}); training "
                                  "writes its checkpoints there: make it writable (in Colab: mount Drive again) or use another --run-dir")
         run.mkdir(); self.committed = True
-        if self.path is not None and run.fallback is not None and self.path.is_relative_to(run.fallback.root):
-            run.degraded = True                           # the newest checkpoint is only in the fallback folder
+        if run.degraded:                                  # the newest checkpoint is only in the fallback folder (`open_run`)
             run.release_log()
             if not run.copy_back():
                 run.fallback.log(f"WARNING: resumed from the fallback folder {run.fallback.root}, and the run folder {run.root} "
@@ -370,6 +443,9 @@ def open_run(cfg:TrainConfig, echo=print,
             train, val = _leave_out_unreadable(cfg, start.probe, train, val, run, echo)
             line = apply_recipe(cfg, raw, train.counts())
             if line: run.log(line, echo)
+        if state is not None and lock is not None and lock.held and _copy_back_due(run, path):
+            run.degraded = True                           # the newest files are in the fallback folder: back they go, on
+            if run.copy_back(): run.release_log(); run.hold_log()   # every start, trained further or not
     except BaseException:
         start.close(); raise
     start.state, start.path, start.train, start.val = state, path, train, val

@@ -31,11 +31,11 @@ from .core import (CheckpointError, RunFolderError, atomic_write, commit_temp, f
 from .env import LiveLine, in_colab
 
 # %% auto #0
-__all__ = ['FORMAT_VERSION', 'REQUIRED_KEYS', 'TRANSIENT_ERRNOS', 'COLAB_FALLBACK_DIR', 'LOCK_HEARTBEAT_SECONDS',
+__all__ = ['FORMAT_VERSION', 'REQUIRED_KEYS', 'TRANSIENT_ERRNOS', 'COLAB_FALLBACK_DIR', 'FALLBACK_MARK', 'LOCK_HEARTBEAT_SECONDS',
            'LOCK_STALE_SECONDS', 'LOCK_POLL_SECONDS', 'RunFolder', 'epoch_number', 'get_rng_state', 'set_rng_state',
-           'serialize', 'tensor_bytes', 'CheckpointWriter', 'save_checkpoint', 'link_or_copy', 'load_checkpoint',
-           'checkpoint_progress', 'loadable', 'checkpoint_candidates', 'find_checkpoint', 'prune_epoch_checkpoints',
-           'fallback_folder', 'RunLock']
+           'serialize', 'tensor_bytes', 'CheckpointWriter', 'save_checkpoint', 'link_or_copy', 'first_sentence',
+           'load_checkpoint', 'checkpoint_progress', 'loadable', 'checkpoint_candidates', 'find_checkpoint',
+           'prune_epoch_checkpoints', 'fallback_folder', 'mark_fallback', 'fallback_of', 'fallback_pending', 'RunLock']
 
 # %% ../nbs/30_checkpoint.ipynb #8b658405
 class RunFolder:
@@ -88,6 +88,7 @@ class RunFolder:
                                       "checkpoint is intact. Free space on the disk / Drive (or set --fallback-dir), then re-run to resume")
             if not self.degraded:
                 self.degraded = True
+                mark_fallback(self.fallback, self.root)   # `compare` knows it is no run of its own
                 self.fallback.log(f"WARNING: cannot write to the run folder {self.root} ({_brief(error)}); checkpoints go to "
                                   f"{self.fallback.root} until it answers again (every save tries it) and training goes on. If this "
                                   "session ends first, re-run the same command on this machine: it resumes from there", self.echo)
@@ -267,15 +268,28 @@ def link_or_copy(src, dst) -> Path:
     return _link(Path(src), Path(dst))
 
 # %% ../nbs/30_checkpoint.ipynb #4625218d
+def first_sentence(text, limit:int=200) -> str:
+    "The first sentence of `text`'s first line; longer than `limit`: cut at a clause boundary (never mid-word), ending in '...'."
+    line = (str(text).strip().splitlines() or [""])[0].strip()
+    end = re.search(r"[.!?](\s|$)", line)
+    if end: line = line[:end.start()]
+    if len(line) <= limit: return line
+    cut = max(line.rfind(s, 0, limit) for s in (", ", "; ", ": ", " ("))
+    if cut <= limit // 3: cut = line.rfind(" ", 0, limit)
+    return line[:cut if cut > 0 else limit].rstrip(" ,;:") + " ..."
+
 def load_checkpoint(path, map_location="cpu",
                     mmap:bool=False) -> dict:  # True: tensors are read from the file only when used (a quick look at epoch, history)
     "Load and validate a checkpoint; `CheckpointError` when it is unreadable, unsafe or incomplete."
     path = Path(path)
     try: state = torch.load(path, map_location=map_location, weights_only=True, mmap=mmap)
     except pickle.UnpicklingError as e:
-        raise CheckpointError(f"{path} is not a plain checkpoint (it would run code or is corrupt): {str(e).splitlines()[0][:160]}") from None
+        raise CheckpointError(f"{path} is not a plain checkpoint (it would run code or is corrupt): {first_sentence(e)}") from None
     except Exception as e:
-        raise CheckpointError(f"{path} cannot be read ({type(e).__name__}: {str(e).splitlines()[0][:160] if str(e) else ''})") from None
+        why = f"{type(e).__name__}: {first_sentence(e)}" if str(e) else type(e).__name__
+        io_error = isinstance(e, OSError) and e.errno not in (None, errno.EINVAL)     # EINVAL: a seek past a cut file's end
+        damaged = "" if io_error else ": it is incomplete or damaged"
+        raise CheckpointError(f"{path} cannot be read{damaged} ({why})") from None
     if not isinstance(state, dict): raise CheckpointError(f"{path} is not a har_colab checkpoint (not a dict)")
     missing = [k for k in REQUIRED_KEYS if k not in state]
     if missing: raise CheckpointError(f"{path} is not a har_colab checkpoint (missing {', '.join(missing)})")
@@ -341,6 +355,25 @@ def fallback_folder(run_dir, fallback_dir:str|None=None) -> Path|None:
     root = Path(run_dir).expanduser().absolute()
     return Path(fallback_dir).expanduser()/f"{root.name}-{hashlib.blake2b(str(root).encode(), digest_size=4).hexdigest()}"
 
+FALLBACK_MARK = "fallback_of.txt"   # in a fallback folder: the path of the run folder its files belong to
+
+def mark_fallback(fallback:RunFolder, root) -> None:
+    "Write `FALLBACK_MARK` into `fallback` (the run folder `root` is failing); a failure to write it is no failure."
+    try: atomic_write(fallback.root/FALLBACK_MARK, lambda f: f.write(f"{Path(root).expanduser().absolute()}\n".encode()))
+    except OSError: pass
+
+def fallback_of(folder) -> str|None:
+    "The run folder whose files the fallback folder `folder` holds, or None when it is no fallback folder."
+    try: return (Path(folder)/FALLBACK_MARK).read_text(encoding="utf-8", errors="replace").strip() or "?"
+    except OSError: return None
+
+def fallback_pending(run:RunFolder) -> bool:
+    "True when the fallback folder of `run` holds files that belong in the run folder (`_copy_back` takes them there)."
+    fb = run.fallback
+    if fb is None or not fb.root.is_dir(): return False
+    files = [p for p in fb.root.iterdir() if p.is_file() and p.name != FALLBACK_MARK and not p.name.startswith(".")]
+    return bool(files or list(fb.checkpoints.glob("*.pt")))
+
 def _progress_or_none(p:Path):
     try: return checkpoint_progress(p)
     except CheckpointError: return None
@@ -350,7 +383,7 @@ def _copy_file(src:Path, dst:Path) -> Path:
     with open(src, "rb") as f: return atomic_write(dst, lambda out: shutil.copyfileobj(f, out, 2**22))
 
 def _copy_back(fallback:RunFolder, run:RunFolder) -> list:
-    "Copy the checkpoints, metrics and curves of `fallback` that are newer into `run`, append its events, then empty it."
+    "Copy the checkpoints of `fallback` that are newer and its other files (metrics, curves, eval.json, ...) into `run`, append its events, then empty it."
     fault_oserror("HAR_COLAB_FAIL_SAVE", run.root)              # fault injection: the run folder still fails
     done, copied = [], {}                                       # copied: source inode -> copy, to link instead of copying again
     for src in sorted(fallback.checkpoints.glob("*.pt"), key=lambda p: p.name != "last.pt"):
@@ -360,13 +393,13 @@ def _copy_back(fallback:RunFolder, run:RunFolder) -> list:
             if key in copied: _link(copied[key], dst)
             else: _copy_file(src, dst)
             copied.setdefault(key, dst); done.append(f"checkpoints/{src.name}")
-    for name in ("metrics.csv", "curves.png"):
-        src = fallback.root/name
-        if src.exists(): _copy_file(src, run.root/name); done.append(name)
+    files = sorted(p for p in fallback.root.iterdir() if p.is_file() and not p.name.startswith(".")
+                   and p.name not in (FALLBACK_MARK, fallback.events.name)) if fallback.root.is_dir() else []
+    for src in files: _copy_file(src, run.root/src.name); done.append(src.name)
     if fallback.events.exists():
         lines = fallback.events.read_text(encoding="utf-8", errors="replace")
         with open(run.events, "a", encoding="utf-8") as f: f.write(lines); f.flush()
-    for p in list(fallback.checkpoints.glob("*.pt")) + [fallback.root/"metrics.csv", fallback.root/"curves.png", fallback.events]:
+    for p in list(fallback.checkpoints.glob("*.pt")) + files + [fallback.events, fallback.root/FALLBACK_MARK]:
         p.unlink(missing_ok=True)
     for d in (fallback.checkpoints, fallback.root):
         try: d.rmdir()

@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import argparse
 import dataclasses
+import errno
 import sys
 from pathlib import Path
 
@@ -21,13 +22,23 @@ class _Parser(argparse.ArgumentParser):
     def error(self, message):
         self.exit(2, f"{self.prog}: error: {message} (see {self.prog} --help)\n")
 
+def _at_least(n:int, what:str):
+    "An argparse type: a whole number >= `n` (`what` names the unit in the error)."
+    def parse(s:str) -> int:
+        try: v = int(s)
+        except ValueError: raise argparse.ArgumentTypeError(f"{s!r} is not a whole number; use {n} or more {what}") from None
+        if v < n: raise argparse.ArgumentTypeError(f"{v}; use {n} or more {what}")
+        return v
+    return parse
+
 def _add_config_flags(p:argparse.ArgumentParser, skip=(),
                       given_only:bool=False):  # True: a flag left out is absent from the parsed namespace (not its default)
     "One flag per `TrainConfig` field."
     from har_colab.train import TrainConfig
     for f in dataclasses.fields(TrainConfig):
         if f.name in skip: continue
-        flag, help_, default = "--" + f.name.replace("_", "-"), f.metadata.get("help", ""), f.default
+        flag, default = "--" + f.name.replace("_", "-"), f.default
+        help_ = f.metadata.get("help", "").replace("%", "%%")             # argparse formats help with %: "~30% more"
         typ = {"str": str, "int": int, "float": float, "bool": bool}[f.type.split("|")[0].strip()]
         shown, default = default, (argparse.SUPPRESS if given_only else default)
         if typ is bool:
@@ -65,9 +76,9 @@ def build_parser() -> argparse.ArgumentParser:
     e = sub.add_parser("eval", help="clip- and video-level accuracy of a run's checkpoint, confusion matrix")
     e.add_argument("--run-dir", required=True, help="run folder")
     e.add_argument("--checkpoint", default="best", help="best, last, or a path (default: best)")
-    e.add_argument("--clips", type=int, default=None, help="clips per video (default: the run's eval_clips)")
+    e.add_argument("--clips", type=_at_least(1, "clips per video"), default=None, help="clips per video (default: the run's eval_clips)")
     e.add_argument("--data", default=None, help="dataset root, when it moved since training")
-    e.add_argument("--workers", type=int, default=2, help="DataLoader workers (default: 2)")
+    e.add_argument("--workers", type=_at_least(0, "DataLoader workers (0: decode in this process)"), default=2, help="DataLoader workers (default: 2)")
     e.add_argument("--device", default="auto", help="auto, cpu, cuda (default: auto)")
     e.add_argument("--batch-size", type=int, default=None, help="clips per forward pass (default: the run's micro-batch)")
     pr = sub.add_parser("prepare", help="download / verify / extract a dataset (local archive, URL or Google Drive id)")
@@ -105,14 +116,14 @@ def build_parser() -> argparse.ArgumentParser:
     pr.add_argument("--csv", default=None, help="also write the rows to this CSV file")
     pr.add_argument("--window", type=float, default=None, metavar="SECONDS", help="cut each video into windows of this many seconds: a row per window and a timeline figure")
     pr.add_argument("--timeline", default=None, help="with --window: the figure (default: beside --csv, else timeline.png here)")
-    pr.add_argument("--clips", type=int, default=None, help="clips averaged per video or window (default: the run's eval_clips)")
+    pr.add_argument("--clips", type=_at_least(1, "clips per video"), default=None, help="clips averaged per video or window (default: the run's eval_clips)")
     pr.add_argument("--checkpoint", default="best", help="best, last, or a path (default: best)")
     pr.add_argument("--device", default="auto", help="auto, cpu, cuda (default: auto)")
-    pr.add_argument("--workers", type=int, default=2, help="DataLoader workers (default: 2)")
+    pr.add_argument("--workers", type=_at_least(0, "DataLoader workers (0: decode in this process)"), default=2, help="DataLoader workers (default: 2)")
     ex = sub.add_parser("export", help="a run's model as TorchScript or ONNX with its input spec, parity checked")
     ex.add_argument("--run-dir", required=True, help="a trained run folder")
     ex.add_argument("--format", required=True, choices=("torchscript", "onnx"), help="torchscript or onnx (onnx: pip install 'har_colab[export]')")
-    ex.add_argument("--out", default=None, help="the exported file (default: RUN/export/<model>.pt or .onnx); its input spec goes beside it, FILE.json")
+    ex.add_argument("--out", default=None, help="the exported file, or a folder for it (default: RUN/export/<model>.pt or .onnx); its input spec goes beside it, FILE.json")
     ex.add_argument("--checkpoint", default="best", help="best, last, or a path (default: best)")
     ex.add_argument("--data", default=None, help="dataset root, when it moved since training (the parity check uses one of its clips)")
     return p
@@ -149,6 +160,10 @@ def _run_fit(cfg, chance_classes=None) -> int:
                  f"({ev.clips} clips per video)") if ev is not None else ""
         print(f"summary: {len(res.history)} epochs, val_acc {100*f['val_acc']:.1f}% (video {100*f['val_video_acc']:.1f}%), "
               f"best {100*res.best_val_acc:.1f}%{final}, chance {100/n:.1f}%; run folder {res.run_dir}")
+    run = getattr(res.trainer, "run", None)
+    if run is not None and run.degraded and res.evaluation is None:   # (the final evaluation says it when it runs)
+        print(f"the run folder {run.root} does not answer: its newest files are in {run.fallback.root}, and the next run of "
+              "the same command copies them back")
     for w in res.warnings: print(f"doctor: {w.name}: {w.evidence}; {w.advice}")
     if res.bad_videos: print(f"{len(res.bad_videos)} videos did not decode and were left out (listed in {res.run_dir/'events.log'})")
     return 3 if res.status == "stopped" else 0
@@ -177,16 +192,23 @@ def cmd_train(a) -> int:
 
 def cmd_plot(a) -> int:
     from har_colab.core import HarError
-    from har_colab.checkpoint import RunFolder
+    from har_colab.build import run_folder
     from har_colab.plots import plot_curves, read_metrics
-    run = RunFolder(a.run_dir)
+    run = named = run_folder(a.run_dir)
+    fb = run.fallback
+    if fb is not None and fb.metrics.is_file() and (not run.metrics.is_file() or fb.metrics.stat().st_mtime > run.metrics.stat().st_mtime):
+        run = fb                                      # the run folder failed: its newest metrics and curves are in the fallback folder
     if not run.metrics.is_file(): raise HarError(f"no metrics.csv in {run.root}; train first (har-colab train --run-dir {run.root} ...)")
     history = read_metrics(run.metrics)
     if not history:                                   # an empty plot would replace good curves
         raise HarError(f"{run.metrics} has no epochs yet, so there is nothing to draw ({run.curves.name} is left as it is); "
                        "plot again after the first epoch")
-    plot_curves(history, run.curves, title=run.root.name)
-    print(f"wrote {run.curves}")
+    out, note = run.curves, ""
+    if not any("val_acc" in h for h in history) and run.curves.exists():   # curves without validation would replace a good figure
+        out = run.root/"curves_train.png"
+        note = f" ({run.metrics.name} has no validation columns, so {run.curves.name} is left as it is)"
+    plot_curves(history, out, title=named.root.name)
+    print(f"wrote {out}{note}")
     return 0
 
 def cmd_prepare(a) -> int:
@@ -212,8 +234,10 @@ def cmd_inspect(a) -> int:
 
 def cmd_eval(a) -> int:
     from .train import evaluate_run
-    print(evaluate_run(a.run_dir, checkpoint=a.checkpoint, clips=a.clips, data=a.data, workers=a.workers, device=a.device,
-                       batch_size=a.batch_size).summary())
+    res = evaluate_run(a.run_dir, checkpoint=a.checkpoint, clips=a.clips, data=a.data, workers=a.workers, device=a.device,
+                       batch_size=a.batch_size)
+    if res.note: print(f"note: {res.note}")
+    print(res.summary())
     return 0
 
 def cmd_doctor(a) -> int:
@@ -225,8 +249,11 @@ def cmd_doctor(a) -> int:
     return report.exit_code
 
 def cmd_sweep(a) -> int:
+    from har_colab.core import HarError
     from har_colab.experiments import sweep
     from har_colab.train import TrainConfig
+    if Path(a.root).expanduser().exists() and not Path(a.root).expanduser().is_dir():
+        raise HarError(f"--root {a.root} is a file; give the sweep's folder (new, or one an earlier sweep call made)")
     train = {f.name: getattr(a, f.name) for f in dataclasses.fields(TrainConfig) if hasattr(a, f.name)}
     res = sweep(a.root, a.models, a.seeds, **train)
     if res.comparison is not None: print(res.comparison.table())
@@ -238,6 +265,7 @@ def cmd_sweep(a) -> int:
 
 def cmd_compare(a) -> int:
     from har_colab.experiments import compare_runs
+    if a.out: _check_target(a.out, "--out", "comparison.png")
     cmp = compare_runs(a.runs, out=a.out, show=False, echo=lambda m: print(m, file=sys.stderr))
     print(cmp.table())
     print(f"wrote {cmp.figure} and {cmp.figure.with_suffix('.csv').name}")
@@ -246,6 +274,8 @@ def cmd_compare(a) -> int:
 def cmd_predict(a) -> int:
     from har_colab.core import DataError
     from har_colab.predict import predict
+    for path, flag, example in ((a.csv, "--csv", "predictions.csv"), (a.timeline, "--timeline", "timeline.png")):
+        if path: _check_target(path, flag, example)
     timeline = a.timeline or (Path(a.csv).with_name(Path(a.csv).stem + "_timeline.png") if a.csv else Path("timeline.png"))
     res = predict(a.run_dir, a.paths, topk=a.topk, window=a.window, clips=a.clips, checkpoint=a.checkpoint, device=a.device,
                   workers=a.workers, csv=a.csv, timeline=timeline if a.window else None, show=False)
@@ -258,12 +288,32 @@ def cmd_predict(a) -> int:
 
 def cmd_export(a) -> int:
     from har_colab.predict import export
+    if a.out and not Path(a.out).expanduser().is_dir(): _check_target(a.out, "--out")
     print(export(a.run_dir, a.format, out=a.out, checkpoint=a.checkpoint, data=a.data))
     return 0
 
 COMMANDS = {"demo": cmd_demo, "synth": cmd_synth, "train": cmd_train, "plot": cmd_plot, "eval": cmd_eval,
             "prepare": cmd_prepare, "models": cmd_models, "inspect": cmd_inspect, "doctor": cmd_doctor, "sweep": cmd_sweep,
             "compare": cmd_compare, "predict": cmd_predict, "export": cmd_export}
+
+def _check_target(path, flag:str, example:str="out.csv"):
+    "A file the command will write: refused in one line, before any work, where it is a folder or under a file."
+    from har_colab.core import HarError
+    p = Path(path).expanduser()
+    if p.is_dir(): raise HarError(f"{flag} {path} is a folder; give a file name in it, e.g. {flag} {p/example}")
+    above = next((q for q in p.parents if q.exists()), None)
+    if above is not None and not above.is_dir():
+        raise HarError(f"{flag} {path}: {above} is a file, not a folder; give a path in a folder you can write to")
+
+# what an OSError of the disk (not a bug) means to each command: one line with the fix instead of a traceback
+_OS_ERRNOS = {getattr(errno, n) for n in ("EACCES", "EPERM", "EROFS", "ENOSPC", "EDQUOT", "ENOTDIR", "EISDIR", "EEXIST", "EIO",
+                                          "ENOTCONN", "ESTALE", "ENAMETOOLONG") if hasattr(errno, n)}
+_OS_FIX = {"eval": "eval writes eval*.json and confusion*.png into the run folder: make it writable (in Colab: mount Drive again)",
+           "plot": "plot writes curves.png into the run folder: make it writable (in Colab: mount Drive again)",
+           "export": "give --out a file (or folder) you can write to", "compare": "give --out a file you can write to",
+           "sweep": "use a --root folder you can write to (in Colab: mount Drive again)",
+           "predict": "give --csv / --timeline files you can write to", "synth": "give an output folder you can write to",
+           "prepare": "give an --out folder you can write to, with room for the dataset"}
 
 def _run_command(argv) -> int:
     from har_colab.core import HarError                 # imports torch: the seconds a Ctrl-C most often lands in
@@ -272,6 +322,14 @@ def _run_command(argv) -> int:
     except HarError as e:
         print(f"har-colab {args.command}: error: {e}", file=sys.stderr)
         return e.exit_code
+    except OSError as e:
+        if e.errno not in _OS_ERRNOS: raise
+        fix = _OS_FIX.get(args.command, "check the path and the free space (in Colab: mount Drive again)")
+        name = e.filename2 or e.filename              # os.replace(temp, target): the target
+        where = f"{name}: " if name else ""
+        print(f"har-colab {args.command}: error: {where}{e.strerror or e} ({errno.errorcode.get(e.errno, e.errno)}); {fix}",
+              file=sys.stderr)
+        return 2
 
 def main(argv=None) -> int:
     "Entry point of `har-colab`; returns the exit code (0 done, 2 bad input, 3 stopped early)."

@@ -19,10 +19,10 @@ import torch
 
 from .core import ConfigError, HarError, atomic_write_json, atomic_write_text
 from .models import count_parameters, get_spec
-from .checkpoint import RunFolder, checkpoint_candidates, find_checkpoint
+from .checkpoint import RunFolder, checkpoint_candidates, fallback_of, find_checkpoint
 from .plots import plot_comparison, read_metrics
 from .config import MAY_CHANGE_ON_RESUME, TrainConfig, config_from_dict, resolve_config
-from .build import build_model
+from .build import build_model, run_folder
 from .callbacks import in_notebook
 from .train import evaluate_run, evaluated, fit
 
@@ -73,7 +73,9 @@ def read_run(path, epochs:int|None=None) -> RunInfo:
     run = RunFolder(path)
     if not is_run_folder(run.root):
         raise HarError(f"{run.root} is not a run folder (no config.json, metrics.csv or checkpoints/)")
-    quiet = RunFolder(run.root); quiet.log = lambda message, echo=None: None    # reading never writes to the folder
+    fb = run_folder(run.root).fallback                    # while the run folder failed, its newest files are there
+    quiet = RunFolder(run.root, None if fb is None else fb.root)
+    quiet.log = lambda message, echo=None: None          # reading never writes to the folder
     state, _ = find_checkpoint(quiet, mmap=True)
     config = _read_json(run.config) or (dict(state["config"]) if state else None)
     if config is None:
@@ -81,13 +83,13 @@ def read_run(path, epochs:int|None=None) -> RunInfo:
     planned = int(epochs or config.get("epochs") or 0)
     samples = _read_json(run.samples) or {}
     names = list(state["class_names"]) if state else list(samples.get("train", {}).get("class_names", []))
-    evaluation = _read_json(run.root/"eval.json")
+    evaluation = (_read_json(fb.root/"eval.json") if fb is not None else None) or _read_json(run.root/"eval.json")
     if state is not None:
         done, history = int(state["epoch"]), [dict(h) for h in state["history"]]
     else:
         done, history = 0, []
     problem = ""
-    if state is None and checkpoint_candidates(run): status, problem = "broken", "no checkpoint loads"
+    if state is None and checkpoint_candidates(quiet): status, problem = "broken", "no checkpoint loads"
     elif state is None and run.metrics.exists(): status, problem = "broken", "metrics.csv but no checkpoint"
     elif state is None: status = "not started"
     elif done >= planned and (evaluation is not None or run.best.exists()): status = "done"
@@ -168,12 +170,17 @@ class Comparison:
 def find_runs(paths) -> tuple:
     "(run folders, [(path, why skipped)]) for `paths`: run folders, or folders holding run folders at any depth."
     runs, skipped = [], []
+    def fallback(q):   # a fallback folder holds a run's files while its run folder fails: they go back there, it is no run
+        of = fallback_of(q)
+        if of is not None: skipped.append((q, f"is the fallback folder of {of} (its files go back there when that run is trained again)"))
+        return of is not None
     for p in map(lambda p: Path(p).expanduser(), paths):
+        if fallback(p): continue
         if is_run_folder(p): runs.append(p); continue
         if not p.exists(): skipped.append((p, "does not exist")); continue
         if not p.is_dir(): skipped.append((p, "is not a run folder")); continue
         found = sorted({q.parent for name in ("config.json", "metrics.csv", "checkpoints") for q in p.rglob(name)})
-        found = [q for q in found if is_run_folder(q) and not any(o != q and o in q.parents for o in found)]
+        found = [q for q in found if is_run_folder(q) and not any(o != q and o in q.parents for o in found) and not fallback(q)]
         if not found: skipped.append((p, "is not a run folder and holds none (no config.json, metrics.csv or checkpoints/)"))
         runs += found
     unique = list(dict.fromkeys(r.resolve() for r in runs))

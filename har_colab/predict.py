@@ -129,9 +129,11 @@ def predict(run_dir,                  # a trained run folder
     "Top-k classes with probabilities for each video (or each window of one), with the run's model, spec and clips."
     if topk < 1: raise ConfigError(f"topk={topk}; use 1 or more")
     if window is not None and window <= 0: raise ConfigError(f"window={window}; give the window length in seconds, > 0")
+    if clips is not None and clips < 1: raise ConfigError(f"clips={clips}; use 1 or more clips per video (--clips)")
+    if workers < 0: raise ConfigError(f"workers={workers}; use 0 (decode in this process) or more DataLoader workers (--workers)")
     saved = load_run(run_dir, checkpoint, samples=False)
     cfg, names = saved.config, saved.class_names
-    K = int(clips or cfg.eval_clips)
+    K = int(cfg.eval_clips if clips is None else clips)
     found = video_files(paths)
     videos = [p for p, why in found if why is None]
     ds = clip_dataset(cfg, Samples(videos, [0] * len(videos), names), train=False, clips_per_video=K)
@@ -281,14 +283,16 @@ class ExportResult:
 
 def export(run_dir,                  # a trained run folder
            format:str="onnx",        # 'torchscript' or 'onnx'
-           out=None,                 # default: RUN/export/<model>.pt or .onnx
+           out=None,                 # the file, or a folder for it (default: RUN/export/<model>.pt or .onnx)
            checkpoint:str="best",    # best, last, or a path
            data=None) -> ExportResult:  # the dataset root, when it moved since training (for the parity clip)
     "Export the run's model with its input spec beside it; parity-checked against the eager model."
     if format not in EXPORT_FORMATS: raise ConfigError(f"format={format!r}; use one of: {', '.join(EXPORT_FORMATS)}")
     if format == "onnx": require_onnx()
     saved = load_run(run_dir, checkpoint, samples=False)
-    out = Path(out).expanduser() if out else Path(run_dir).expanduser()/"export"/(saved.config.model + EXPORT_FORMATS[format])
+    name = saved.config.model + EXPORT_FORMATS[format]
+    out = Path(out).expanduser() if out else Path(run_dir).expanduser()/"export"/name
+    if out.is_dir(): out = out/name                       # --out an existing folder: the file goes into it
     example, what = example_clips(saved, data)
     diff = export_model(saved.model("cpu"), saved.spec, format, example, out)
     spec_path = out.with_name(out.name + ".json")          # tiny3d.onnx.json: a TorchScript export beside it keeps its own

@@ -38,7 +38,7 @@ from .callbacks import PlotCallback, default_callbacks
 __all__ = ['EpochBatchSampler', 'lr_factor', 'make_optimizer', 'amp_setup', 'to_cpu', 'torch_rng_state', 'set_torch_rng_state',
            'uses_channels_last', 'batch_to_device', 'mix_batch', 'ignore_stop_signals', 'loader_settings', 'evaluate',
            'keep_buffers', 'put_back', 'cpu_copy', 'device_name', 'oom_where', 'Trainer', 'EvalResult', 'evaluate_run',
-           'evaluated', 'final_evaluation', 'FitResult', 'preflight', 'fit']
+           'eval_files', 'evaluated', 'final_evaluation', 'FitResult', 'preflight', 'fit']
 
 # %% ../nbs/40_train.ipynb #982498a6
 class EpochBatchSampler:
@@ -646,6 +646,7 @@ class EvalResult:
     checkpoint: Path
     clips: int
     stored_per_class: dict|None = None   # per-class accuracy read from an eval.json written without its confusion counts
+    note: str = ""        # why another checkpoint stood in for best.pt (it does not load)
     def per_class(self) -> dict:
         if not self.confusion and self.stored_per_class is not None: return dict(self.stored_per_class)
         return {c: (row[i] / sum(row) if sum(row) else float("nan")) for i, (c, row) in enumerate(zip(self.class_names, self.confusion))}
@@ -654,15 +655,19 @@ class EvalResult:
         return {"checkpoint": self.checkpoint.name, "clips": self.clips, **self.metrics, "per_class": self.per_class(),
                 "class_names": list(self.class_names), "confusion": [list(r) for r in self.confusion]}
     @classmethod
-    def load(cls, run_dir) -> "EvalResult|None":
-        "The evaluation stored in `run_dir/eval.json`, rebuilt without data or model; None when the run has none."
-        path = Path(run_dir)/"eval.json"
-        if not path.exists(): return None
-        d = json.loads(path.read_text())
+    def load(cls, run) -> "EvalResult|None":
+        "The evaluation stored in eval.json of `run` (a folder or a `RunFolder`: its fallback's while that has one), rebuilt"
+        " without data or model; None when the run has none."
+        run = run if isinstance(run, RunFolder) else RunFolder(run)
+        d = _eval_json(run)
+        if d is None: return None
+        run_dir = run.root
+        for k in ("epoch", "step_in_epoch", "best_epoch"): d.pop(k, None)
+        note = d.pop("note", "")
         per_class = d.pop("per_class", {}) or {}
         names, confusion = d.pop("class_names", None) or list(per_class), d.pop("confusion", None) or []
         name, clips = d.pop("checkpoint", "best.pt"), int(d.pop("clips", 1))
-        return cls(d, names, confusion, Path(run_dir)/"checkpoints"/name, clips, None if confusion else per_class)
+        return cls(d, names, confusion, Path(run_dir)/"checkpoints"/name, clips, None if confusion else per_class, note)
     def summary(self) -> str:
         m = self.metrics
         s = (f"{self.checkpoint.name}: clip accuracy {100*m['val_acc']:.2f}%, video accuracy {100*m['val_video_acc']:.2f}% "
@@ -674,16 +679,22 @@ class EvalResult:
 def evaluate_run(run_dir, checkpoint:str="best", clips:int|None=None, data=None, workers:int=2, device="auto",
                  batch_size:int|None=None, echo=print) -> EvalResult:
     """Evaluate checkpoint `best`, `last` or a path of the run in `run_dir`, `batch_size` clips at a time (default: the run's
-    micro-batch; halved where it runs out of GPU memory). Under torchrun each process evaluates its block of the videos."""
+    micro-batch; halved where it runs out of GPU memory). Under torchrun each process evaluates its block of the videos.
+    `run_dir` may be the `RunFolder` `fit` writes through: the files then go where its checkpoints go (its fallback folder
+    while the run folder fails). Files: `eval_files`."""
     from .plots import confusion_matrix, plot_confusion
-    saved = load_run(run_dir, checkpoint, data)
+    from .build import best_epoch, run_folder
+    if clips is not None and clips < 1: raise ConfigError(f"clips={clips}; use 1 or more clips per video (--clips)")
+    if workers < 0: raise ConfigError(f"workers={workers}; use 0 (decode in this process) or more DataLoader workers (--workers)")
+    run = run_folder(run_dir)
+    saved = load_run(run, checkpoint, data, last_ok=True)
     cfg, names, dev = saved.config, saved.class_names, resolve_device(device)
     if batch_size is not None and batch_size < 1: raise ConfigError(f"batch_size={batch_size}; use 1 or more clips")
     model = saved.model(dev)
-    K = clips or cfg.eval_clips
+    K = cfg.eval_clips if clips is None else clips
     # the run's GPU decoding where it evaluates on a GPU (on a CPU the videos are decoded there)
     ddev = gpu_decode_device(cfg, dev, saved.val.paths[0] if len(saved.val) else None) if dev.type == "cuda" else None
-    ds = clip_dataset(cfg, saved.val, train=False, clips_per_video=K, video_sizes=run_video_sizes(run_dir, cfg.data, saved.val),
+    ds = clip_dataset(cfg, saved.val, train=False, clips_per_video=K, video_sizes=run_video_sizes(run.root, cfg.data, saved.val),
                       decode_device=ddev)
     cl, dt = uses_channels_last(cfg, dev), amp_dtype(dev, cfg.amp)   # the trainer's GPU path: channels_last, autocast, pinned
     if cl: model = model.to(memory_format=torch.channels_last_3d)
@@ -694,7 +705,7 @@ def evaluate_run(run_dir, checkpoint:str="best", clips:int|None=None, data=None,
     loader = torch.utils.data.DataLoader(vds, batch_size=B, num_workers=workers, pin_memory=pin)
     say = echo if echo is not None and is_main() else (lambda m: None)
     pieces = HalvingBatches(B, f"the evaluation of {saved.path.name}", f"evaluate on the CPU: har-colab eval --run-dir "
-                            f"{run_dir} --device cpu ({cfg.model}, {cfg.frames} frames, autocast {dtype_name(dt)})", note=echo)
+                            f"{run.root} --device cpu ({cfg.model}, {cfg.frames} frames, autocast {dtype_name(dt)})", note=echo)
     clips_here = [0]
     def to_device(x):
         clips_here[0] += len(x)
@@ -709,25 +720,69 @@ def evaluate_run(run_dir, checkpoint:str="best", clips:int|None=None, data=None,
         say(f"evaluation of {saved.path.name} split over {world_size()} processes: " +
             ", ".join(f"process {r} evaluated {int(n)} clips" for r, n in enumerate(shares.tolist())))
     cm = confusion_matrix(probs.argmax(1).tolist(), labels.tolist(), len(names))
-    res = EvalResult(m, names, cm, saved.path, K)
+    res = EvalResult(m, names, cm, saved.path, K, note=saved.note)
     if is_main():                                         # process 0 writes the files
-        run = RunFolder(run_dir)
-        plot_confusion(cm, names, run.root/"confusion.png")
-        atomic_write_json(run.root/"eval.json", res.to_json())
+        info = {**res.to_json(), "epoch": int(saved.state["epoch"]), "step_in_epoch": int(saved.state["step_in_epoch"])}
+        if checkpoint == "best":                          # the epoch this evaluation stands for (`evaluated`)
+            info["best_epoch"] = best_epoch(run) if saved.note else info["epoch"]
+            if saved.note: info["note"] = saved.note
+        _write_eval(run, isinstance(run_dir, RunFolder), eval_files(checkpoint), plot_confusion(cm, names), info)
     return res
 
-def evaluated(run:RunFolder) -> bool:
-    "An `eval.json` at least as new as the run's best checkpoint exists."
-    ev = run.root/"eval.json"
-    return ev.exists() and (not run.best.exists() or ev.stat().st_mtime >= run.best.stat().st_mtime)
+def eval_files(checkpoint:str) -> tuple:
+    """(json, png) file names of an evaluation: eval.json and confusion.png for best.pt (with the clips per video eval.json
+    names: `evaluated` redoes the final evaluation at the run's eval_clips), else eval_<checkpoint>.json and
+    confusion_<checkpoint>.png (eval_last.json, eval_epoch_002.json): eval.json always describes best.pt."""
+    if checkpoint == "best": return "eval.json", "confusion.png"
+    tag = checkpoint if checkpoint == "last" else Path(checkpoint).stem
+    return f"eval_{tag}.json", f"confusion_{tag}.png"
+
+def _write_eval(run:RunFolder, through_run:bool, names:tuple, figure, info:dict):
+    "The evaluation's JSON and figure: through `run` (its fallback folder while it fails) for `fit`, else straight into it."
+    import io
+    from .core import atomic_write
+    png = io.BytesIO(); figure.savefig(png, format="png")
+    files = [(run.root/names[1], png.getvalue()),
+             (run.root/names[0], (json.dumps(info, indent=2, sort_keys=True, default=str) + "\n").encode("utf-8"))]
+    for path, data in files:
+        if through_run: run.write_bytes(path, data)
+        else: atomic_write(path, lambda f: f.write(data))
+
+def _eval_json(run:RunFolder) -> dict|None:
+    "The run's eval.json (its fallback folder's while that holds one: the newer), or None."
+    for folder in ([run.fallback] if run.fallback is not None else []) + [run]:
+        try: ev = json.loads((folder.root/"eval.json").read_text(encoding="utf-8"))
+        except (OSError, ValueError): continue
+        if isinstance(ev, dict): return ev
+    return None
+
+def evaluated(run:RunFolder, clips:int|None=None) -> bool:
+    """Whether eval.json is the final evaluation of best.pt as it is now: of best.pt's epoch, with `clips` clips per video
+    (default: the run's eval_clips), as eval.json itself says (not the files' times)."""
+    from .build import best_epoch
+    ev = _eval_json(run)
+    if ev is None: return False
+    if clips is None:
+        try: clips = json.loads(run.config.read_text(encoding="utf-8")).get("eval_clips")
+        except (OSError, ValueError, AttributeError): clips = None
+    if clips is not None and ev.get("clips") != clips: return False
+    if "best_epoch" in ev: return ev["best_epoch"] == best_epoch(run)
+    try:                                                  # written by an older har_colab: best.pt's, and newer than it
+        return ev.get("checkpoint") == "best.pt" and (run.root/"eval.json").stat().st_mtime >= run.best.stat().st_mtime
+    except OSError: return False
 
 def final_evaluation(cfg:TrainConfig, run:RunFolder, device, batch_size:int, echo=print) -> EvalResult:
-    """What `fit` does when training completes: `evaluate_run` of best.pt with `cfg.eval_clips` clips per video, logged;
-    under torchrun every process evaluates its share (none waits long for process 0 in a collective)."""
+    """What `fit` does when training completes: `evaluate_run` of best.pt (or of what stands in for a best.pt that does not
+    load, said) with `cfg.eval_clips` clips per video, logged; its files go where the checkpoints are. Under torchrun every
+    process evaluates its share (none waits long for process 0 in a collective)."""
     run.release_log()                                     # a run that was already done wrote nothing yet: log from here
-    res = evaluate_run(run.root, "best", clips=cfg.eval_clips, data=cfg.data, workers=cfg.workers, device=device,
+    res = evaluate_run(run, "best", clips=cfg.eval_clips, data=cfg.data, workers=cfg.workers, device=device,
                        batch_size=batch_size, echo=lambda m: run.log(m, echo))
+    if res.note: run.log(f"warning: {res.note}", echo)
     run.log(f"final evaluation: {res.summary()} -> eval.json, confusion.png", echo)
+    if run.degraded and not run.copy_back():              # the run folder still fails: say where the files are
+        run.log(f"the run folder {run.root} does not answer: its newest files (checkpoints, metrics.csv, curves.png, eval.json) "
+                f"are in {run.fallback.root}, and the next run of the same command copies them back", echo)
     return res
 
 # %% ../nbs/40_train.ipynb #2435f567
@@ -781,7 +836,7 @@ def fit(config:TrainConfig, callbacks=None, echo=print,
             if res.status != "stopped" and not from_main(evaluated(start.run)):   # also after a kill during it; under
                 res.evaluation = final_evaluation(cfg, start.run, device, res.trainer.micro, echo)   # DDP in every process
             if res.evaluation is None and res.status == "already done":    # shown, not evaluated again
-                res.evaluation = EvalResult.load(start.run.root)
+                res.evaluation = EvalResult.load(start.run)
         return res
     finally: start.close()                                  # the lock goes when fit ends or fails
 

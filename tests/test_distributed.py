@@ -157,7 +157,7 @@ def test_ddp_validation_equals_single_process(small_data, tmp_path):
     row = rows(d)[-1]
     r = run(1, ["eval", "--run-dir", d, "--checkpoint", "last", "--workers", "0", "--clips", "3"])
     assert r.returncode == 0, r.stderr[-3000:]
-    single = json.loads((d / "eval.json").read_text())
+    single = json.loads((d / "eval_last.json").read_text())          # eval.json stays best.pt's
     assert single["clips"] == 3
     for k in ("val_acc", "val_video_acc"): assert float(row[k]) == single[k], (k, row, single)
     assert abs(float(row["val_loss"]) - single["val_loss"]) <= 1e-5 * single["val_loss"], (row, single)
