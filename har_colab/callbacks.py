@@ -13,6 +13,7 @@ import threading
 import time
 
 from .core import fault_pause
+from .env import in_notebook
 from .checkpoint import CheckpointWriter, prune_epoch_checkpoints
 from .plots import METRIC_COLUMNS, input_bound, plot_curves
 from .events import Callback
@@ -20,8 +21,8 @@ from .config import TrainConfig
 
 # %% auto #0
 __all__ = ['TENSORBOARD_TAGS', 'format_epoch', 'ProgressCallback', 'metrics_csv', 'MetricsCallback', 'CheckpointCallback',
-           'in_notebook', 'PlotCallback', 'tensorboard_scalars', 'summary_writer_class', 'TensorBoardCallback',
-           'TimeBudgetCallback', 'SignalCallback', 'default_callbacks']
+           'PlotCallback', 'tensorboard_scalars', 'summary_writer_class', 'TensorBoardCallback', 'TimeBudgetCallback',
+           'SignalCallback', 'default_callbacks']
 
 # %% ../nbs/41_callbacks.ipynb #97f04f11
 def format_epoch(row:dict, epochs:int) -> str:
@@ -116,14 +117,6 @@ class CheckpointCallback(Callback):
                     "Re-run the same command on this machine when it does: it resumes from there and copies it back", t.echo)
 
 # %% ../nbs/41_callbacks.ipynb #0e8857d0
-def in_notebook() -> bool:
-    "True inside a Jupyter / Colab kernel."
-    try:
-        from IPython import get_ipython
-        ip = get_ipython()
-        return ip is not None and "IPKernelApp" in ip.config
-    except Exception: return False
-
 class PlotCallback(Callback):
     "Writes `curves.png` each epoch and updates an inline figure in notebooks."
     order, main_process_only = 40, True
@@ -164,22 +157,38 @@ def summary_writer_class():
     return SummaryWriter
 
 class TensorBoardCallback(Callback):
-    "Each epoch's metrics to `RUN/tensorboard/` (step = epoch); a resume purges what a killed session wrote after its checkpoint."
+    """Each epoch's metrics to `RUN/tensorboard/` (step = epoch); a resume purges what a killed session wrote after its
+    checkpoint. While the run folder fails they go where the checkpoints go (the fallback folder's `tensorboard/`, copied
+    back with them); a TensorBoard that cannot write is said once and never stops the run."""
     order, main_process_only = 25, True
-    def __init__(self): self.writer = None
+    def __init__(self): self.writer, self.folder, self.failed = None, None, False
     def before_fit(self, t):
-        writer_class = summary_writer_class()
-        if writer_class is None:
+        self.writer_class = summary_writer_class()
+        if self.writer_class is None:
             t.run.log("tensorboard is not installed, so RUN/tensorboard/ is not written (pip install 'har_colab[tensorboard]')")
             return
-        self.writer = writer_class(log_dir=str(t.run.root/"tensorboard"), purge_step=len(t.history) + 1)
+        self._open(t, t.run.root, purge_step=len(t.history) + 1)
+    def _open(self, t, root, purge_step=None):
+        if self.writer is not None: self.writer.close()
+        self.folder, self.writer = root, self.writer_class(log_dir=str(root/"tensorboard"), purge_step=purge_step)
     def after_validate(self, t):
-        if self.writer is None: return
-        for tag, value in tensorboard_scalars(t.last_metrics).items():
-            self.writer.add_scalar(tag, value, t.last_metrics["epoch"])
-        self.writer.flush()
+        if self.writer is None or self.failed: return
+        run = t.run
+        here = run.fallback.root if run.degraded and run.fallback is not None else run.root
+        try:
+            if here != self.folder: self._open(t, here)            # the checkpoints moved (or came back): so do the events
+            for tag, value in tensorboard_scalars(t.last_metrics).items():
+                self.writer.add_scalar(tag, value, t.last_metrics["epoch"])
+            self.writer.flush()
+        except Exception as e:                                    # a full or lost disk: metrics.csv still has every epoch
+            self.failed = True
+            run.log(f"WARNING: TensorBoard could not write to {here/'tensorboard'} ({str(e).splitlines()[0][:160]}); "
+                    "metrics.csv still has every epoch (har-colab plot draws them)", t.echo)
     def after_fit(self, t):
-        if self.writer is not None: self.writer.close(); self.writer = None
+        if self.writer is not None:
+            try: self.writer.close()
+            except Exception: pass
+            self.writer = None
 
 # %% ../nbs/41_callbacks.ipynb #67b78fad
 class TimeBudgetCallback(Callback):

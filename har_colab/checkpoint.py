@@ -383,7 +383,7 @@ def _copy_file(src:Path, dst:Path) -> Path:
     with open(src, "rb") as f: return atomic_write(dst, lambda out: shutil.copyfileobj(f, out, 2**22))
 
 def _copy_back(fallback:RunFolder, run:RunFolder) -> list:
-    "Copy the checkpoints of `fallback` that are newer and its other files (metrics, curves, eval.json, ...) into `run`, append its events, then empty it."
+    "Copy the checkpoints of `fallback` that are newer and its other files (metrics, curves, eval.json, TensorBoard's events, ...) into `run`, append its events, then empty it."
     fault_oserror("HAR_COLAB_FAIL_SAVE", run.root)              # fault injection: the run folder still fails
     done, copied = [], {}                                       # copied: source inode -> copy, to link instead of copying again
     for src in sorted(fallback.checkpoints.glob("*.pt"), key=lambda p: p.name != "last.pt"):
@@ -396,12 +396,15 @@ def _copy_back(fallback:RunFolder, run:RunFolder) -> list:
     files = sorted(p for p in fallback.root.iterdir() if p.is_file() and not p.name.startswith(".")
                    and p.name not in (FALLBACK_MARK, fallback.events.name)) if fallback.root.is_dir() else []
     for src in files: _copy_file(src, run.root/src.name); done.append(src.name)
+    boards = sorted(p for p in (fallback.root/"tensorboard").glob("*") if p.is_file())   # TensorBoard's event files
+    for src in boards: (run.root/"tensorboard").mkdir(exist_ok=True); _copy_file(src, run.root/"tensorboard"/src.name)
+    done += [f"tensorboard/{p.name}" for p in boards]
     if fallback.events.exists():
         lines = fallback.events.read_text(encoding="utf-8", errors="replace")
         with open(run.events, "a", encoding="utf-8") as f: f.write(lines); f.flush()
-    for p in list(fallback.checkpoints.glob("*.pt")) + files + [fallback.events, fallback.root/FALLBACK_MARK]:
+    for p in list(fallback.checkpoints.glob("*.pt")) + files + boards + [fallback.events, fallback.root/FALLBACK_MARK]:
         p.unlink(missing_ok=True)
-    for d in (fallback.checkpoints, fallback.root):
+    for d in (fallback.checkpoints, fallback.root/"tensorboard", fallback.root):
         try: d.rmdir()
         except OSError: pass
     return done

@@ -38,7 +38,7 @@ from .callbacks import PlotCallback, default_callbacks
 __all__ = ['EpochBatchSampler', 'lr_factor', 'make_optimizer', 'amp_setup', 'to_cpu', 'torch_rng_state', 'set_torch_rng_state',
            'uses_channels_last', 'batch_to_device', 'mix_batch', 'ignore_stop_signals', 'loader_settings', 'evaluate',
            'keep_buffers', 'put_back', 'cpu_copy', 'device_name', 'oom_where', 'Trainer', 'EvalResult', 'evaluate_run',
-           'eval_files', 'evaluated', 'final_evaluation', 'FitResult', 'preflight', 'fit']
+           'eval_files', 'evaluated', 'final_evaluation', 'say_where', 'FitResult', 'preflight', 'fit']
 
 # %% ../nbs/40_train.ipynb #982498a6
 class EpochBatchSampler:
@@ -780,10 +780,14 @@ def final_evaluation(cfg:TrainConfig, run:RunFolder, device, batch_size:int, ech
                        batch_size=batch_size, echo=lambda m: run.log(m, echo))
     if res.note: run.log(f"warning: {res.note}", echo)
     run.log(f"final evaluation: {res.summary()} -> eval.json, confusion.png", echo)
-    if run.degraded and not run.copy_back():              # the run folder still fails: say where the files are
+    say_where(run, echo)
+    return res
+
+def say_where(run:RunFolder, echo=print):
+    "While the run folder still fails (the copy-back tried again): one line that says where the run's newest files are."
+    if run.degraded and not run.copy_back():
         run.log(f"the run folder {run.root} does not answer: its newest files (checkpoints, metrics.csv, curves.png, eval.json) "
                 f"are in {run.fallback.root}, and the next run of the same command copies them back", echo)
-    return res
 
 # %% ../nbs/40_train.ipynb #2435f567
 @dataclass
@@ -837,6 +841,7 @@ def fit(config:TrainConfig, callbacks=None, echo=print,
                 res.evaluation = final_evaluation(cfg, start.run, device, res.trainer.micro, echo)   # DDP in every process
             if res.evaluation is None and res.status == "already done":    # shown, not evaluated again
                 res.evaluation = EvalResult.load(start.run)
+                if is_main(): say_where(start.run, echo)            # a finished run whose files wait in the fallback folder
         return res
     finally: start.close()                                  # the lock goes when fit ends or fails
 

@@ -46,3 +46,23 @@ def pytest_sessionstart(session):
 def pytest_configure(config):
     config.addinivalue_line("markers", "slow: heavier tests (large models on the CPU); still run by `make test`")
     config.addinivalue_line("markers", "gpu: needs a CUDA GPU (skipped without one)")
+
+
+def cli_in_process(*args):
+    "`har-colab ARGS` in this process (for refusals and commands that start no DataLoader), as a CompletedProcess-like object."
+    import contextlib, io, types
+    from har_colab.cli import main
+    out, err = io.StringIO(), io.StringIO()
+    with contextlib.redirect_stdout(out), contextlib.redirect_stderr(err):
+        try: code = main([str(a) for a in args])
+        except SystemExit as e: code = e.code
+    return types.SimpleNamespace(returncode=code, stdout=out.getvalue(), stderr=err.getvalue())
+
+
+def one_line(r, *words):
+    "Exit 2, one line on stderr that contains `words`, no traceback anywhere; returns the line."
+    assert r.returncode == 2, (r.returncode, r.stdout[-1500:], r.stderr[-1500:])
+    lines = r.stderr.strip().splitlines()
+    assert len(lines) == 1 and "Traceback" not in r.stderr + r.stdout, r.stderr
+    for w in words: assert w in lines[0], lines[0]
+    return lines[0]

@@ -18,7 +18,7 @@ from pathlib import Path
 import pytest
 import torch
 
-from conftest import run_cli
+from conftest import one_line, run_cli
 
 pytestmark = pytest.mark.timeout(600)
 
@@ -42,14 +42,6 @@ def train_args(run, data, *extra, epochs=1):
 def snapshot(run):
     "Every file of the run folder with its bytes (the lock included)."
     return {str(p.relative_to(run)): p.read_bytes() for p in sorted(Path(run).rglob("*")) if p.is_file()}
-
-
-def one_line(r, *words):
-    assert r.returncode == 2, (r.returncode, r.stdout[-1500:], r.stderr[-1500:])
-    lines = r.stderr.strip().splitlines()
-    assert len(lines) == 1 and "Traceback" not in r.stderr + r.stdout, r.stderr
-    for w in words: assert w in lines[0], lines[0]
-    return lines[0]
 
 
 @pytest.fixture(scope="module")

@@ -7,13 +7,12 @@ import csv
 import io
 import json
 import shutil
-import types
 from pathlib import Path
 
 import pytest
 import torch
 
-from conftest import run_cli
+from conftest import cli_in_process as cli, one_line, run_cli
 
 pytestmark = pytest.mark.timeout(600)
 FAULT_ENV = {"HAR_COLAB_RETRY_WAIT": "0"}
@@ -23,25 +22,6 @@ def train_args(run, data, *extra, epochs=2):
     return ["train", "--run-dir", run, "--data", data, "--model", "tiny3d", "--no-pretrained", "--no-hflip", "--epochs",
             str(epochs), "--batch-size", "8", "--lr", "5e-4", "--eval-clips", "1", "--workers", "0", "--no-progress",
             "--max-steps-per-epoch", "2", *extra]
-
-
-def cli(*args):
-    "`har-colab ARGS` in this process (refusals before any DataLoader starts), as a CompletedProcess-like object."
-    from har_colab.cli import main
-    out, err = io.StringIO(), io.StringIO()
-    with contextlib.redirect_stdout(out), contextlib.redirect_stderr(err):
-        try: code = main([str(a) for a in args])
-        except SystemExit as e: code = e.code
-    return types.SimpleNamespace(returncode=code, stdout=out.getvalue(), stderr=err.getvalue())
-
-
-def one_line(r, *words):
-    "Exit 2, one line on stderr that contains `words`, no traceback anywhere."
-    assert r.returncode == 2, (r.returncode, r.stdout[-1500:], r.stderr[-1500:])
-    lines = r.stderr.strip().splitlines()
-    assert len(lines) == 1 and "Traceback" not in r.stderr + r.stdout, r.stderr
-    for w in words: assert w in lines[0], lines[0]
-    return lines[0]
 
 
 def ok(r):
@@ -82,7 +62,7 @@ def test_drive_fails_to_the_end_then_every_step_follows_the_checkpoints_and_they
     for name in ("checkpoints/best.pt", "checkpoints/last.pt", "eval.json", "confusion.png", "curves.png", "metrics.csv"):
         assert (fb / name).is_file(), name                                  # the end of the run went where the checkpoints are
     assert not (run / "eval.json").exists() and not (run / "checkpoints" / "best.pt").exists()
-    assert (run / "tensorboard").is_dir()
+    assert (run / "tensorboard").is_dir() and list((fb / "tensorboard").glob("events.out.tfevents.*"))   # TensorBoard too
     ev = json.loads((fb / "eval.json").read_text())
     assert ev["checkpoint"] == "best.pt" and ev["best_epoch"] == best_epoch_of(fb) and ev["clips"] == 1
     # the commands a user tries meanwhile follow the files too
@@ -96,15 +76,16 @@ def test_drive_fails_to_the_end_then_every_step_follows_the_checkpoints_and_they
     # the next start while the Drive still fails: nothing to train, nothing to evaluate again, and it says where the files are
     r = ok(run_cli(*train_args(run, small_data, "--fallback-dir", local, "--plot", "--tensorboard"),
                    env={**FAULT_ENV, "HAR_COLAB_FAIL_SAVE": "1-:EIO"}))
-    assert "already trained 2/2" in r.stdout and "final evaluation" not in r.stdout
+    assert "already trained 2/2" in r.stdout and "final evaluation:" not in r.stdout
     assert [l for l in r.stdout.splitlines() if str(fb) in l and "copies them back" in l], r.stdout
     # the Drive has room again: the next start copies everything back, though there is nothing left to train
     r = ok(run_cli(*train_args(run, small_data, "--fallback-dir", local, "--plot", "--tensorboard"), env=FAULT_ENV))
     assert "the run folder answers again: copied checkpoints/" in r.stdout and "already trained 2/2" in r.stdout
-    assert "final evaluation" not in r.stdout                                # eval.json came back and says it is best.pt's
+    assert "final evaluation:" not in r.stdout                                # eval.json came back and says it is best.pt's
     for name in ("checkpoints/best.pt", "eval.json", "confusion.png", "curves.png"):
         assert (run / name).is_file(), name
     assert not list(local.rglob("*.pt")) and not fb.exists()
+    assert len(list((run / "tensorboard").glob("events.out.tfevents.*"))) >= 2          # the fallback's events came back
     assert json.loads((run / "eval.json").read_text()) == ev
     assert torch.load(run / "checkpoints" / "last.pt", weights_only=True)["epoch"] == 2
     log = (run / "events.log").read_text()
@@ -118,7 +99,7 @@ def test_final_evaluation_fails_over_only_its_own_files(small_data, tmp_path, tr
     (run / "confusion.png").unlink(); (run / "confusion.png").mkdir()       # this one path cannot be written
     r = ok(run_cli(*train_args(run, small_data, "--fallback-dir", local), env=FAULT_ENV))
     fb = next(local.iterdir())
-    assert "final evaluation" in r.stdout and (fb / "eval.json").is_file() and str(fb) in r.stdout
+    assert "final evaluation:" in r.stdout and (fb / "eval.json").is_file() and str(fb) in r.stdout
     (run / "confusion.png").rmdir()
     r = ok(run_cli(*train_args(run, small_data, "--fallback-dir", local), env=FAULT_ENV))
     assert "copied confusion.png, eval.json back" in r.stdout and (run / "eval.json").is_file() and not fb.exists()
@@ -142,7 +123,7 @@ def test_a_corrupt_best_pt_is_stood_in_for_by_its_epoch_and_said_in_whole_senten
     ev = json.loads((run / "eval.json").read_text())
     assert ev["best_epoch"] == n and ev["epoch"] == n and ev["checkpoint"] != "best.pt"
     r = ok(run_cli(*train_args(run, small_data), env=FAULT_ENV))           # the next start: evaluated, nothing to do
-    assert "final evaluation" not in r.stdout and "already trained 2/2" in r.stdout
+    assert "final evaluation:" not in r.stdout and "already trained 2/2" in r.stdout
     r = ok(run_cli("eval", "--run-dir", run, "--workers", "0", "--clips", "2"))
     assert r.stdout.startswith("note: ") and "stands in for it" in r.stdout
     assert json.loads((run / "eval.json").read_text())["clips"] == 2        # best.pt's still, at 2 clips: it says so
@@ -214,7 +195,6 @@ def test_counts_below_their_minimum_are_one_line(trained, tmp_path):
 def test_writes_that_cannot_happen_are_one_line(trained, tmp_path, small_data):
     run = copy_run(trained, tmp_path / "run")
     blocker = tmp_path / "a_file"; blocker.write_text("not a folder")
-    curves = (run / "curves.png").read_bytes() if (run / "curves.png").exists() else None
     (run / "curves.png").unlink(missing_ok=True); (run / "curves.png").mkdir()     # a path that cannot be written
     one_line(cli("plot", "--run-dir", run), "curves.png", "make it writable")
     (run / "curves.png").rmdir()
@@ -224,7 +204,7 @@ def test_writes_that_cannot_happen_are_one_line(trained, tmp_path, small_data):
     one_line(cli("compare", run, "--out", blocker / "cmp.png"), "a_file is a file")
     one_line(cli("predict", "--run-dir", run, small_data, "--csv", blocker / "p.csv"), "--csv", "a_file is a file")
     one_line(cli("sweep", "--root", blocker, "--models", "tiny3d", "--data", small_data, "--no-pretrained"), "a_file")
-    r = ok(cli("export", "--run-dir", run, "--format", "torchscript", "--out", tmp_path))   # an existing folder: into it
+    ok(cli("export", "--run-dir", run, "--format", "torchscript", "--out", tmp_path))       # an existing folder: into it
     assert (tmp_path / "tiny3d.pt").is_file() and (tmp_path / "tiny3d.pt.json").is_file()
 
 

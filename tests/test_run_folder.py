@@ -2,8 +2,6 @@
 is taken over), fallbacks that fall back (best.pt, newest loadable first, pruning by loadability, independent files),
 no start over on top of a history, nothing written before the start checks pass, the rough edges (one line, exit 2),
 and a Drive that fills up or disconnects during a run: on a real tmpfs that fills up, and by injected OSErrors."""
-import contextlib
-import io
 import json
 import os
 import shutil
@@ -12,13 +10,12 @@ import socket
 import subprocess
 import sys
 import time
-import types
 from pathlib import Path
 
 import pytest
 import torch
 
-from conftest import BIN, run_cli
+from conftest import BIN, cli_in_process as cli, one_line, run_cli
 
 pytestmark = pytest.mark.timeout(600)
 
@@ -27,24 +24,6 @@ def train_args(run, data, *extra, epochs=3):
     return ["train", "--run-dir", run, "--data", data, "--model", "tiny3d", "--no-pretrained", "--no-hflip", "--epochs",
             str(epochs), "--batch-size", "8", "--lr", "5e-4", "--eval-clips", "1", "--workers", "0", "--no-progress",
             "--no-plot", "--max-steps-per-epoch", "2", *extra]
-
-
-def cli(*args):
-    "`har-colab ARGS` in this process (for refusals: they never train), as a CompletedProcess-like object."
-    from har_colab.cli import main
-    out, err = io.StringIO(), io.StringIO()
-    with contextlib.redirect_stdout(out), contextlib.redirect_stderr(err):
-        code = main([str(a) for a in args])
-    return types.SimpleNamespace(returncode=code, stdout=out.getvalue(), stderr=err.getvalue())
-
-
-def one_line(r, *words):
-    "Exit 2, one line on stderr that contains `words`, no traceback anywhere."
-    assert r.returncode == 2, (r.returncode, r.stdout[-1500:], r.stderr[-1500:])
-    lines = r.stderr.strip().splitlines()
-    assert len(lines) == 1 and "Traceback" not in r.stderr + r.stdout, r.stderr
-    for w in words: assert w in lines[0], lines[0]
-    return lines[0]
 
 
 def start(args, env=None):
@@ -169,7 +148,6 @@ def rank_pid(torchrun_pid, rank, timeout=120):
                 continue
         time.sleep(0.1)
     raise AssertionError(f"no worker with RANK={rank}")
-
 
 
 def test_under_torchrun_process_0_holds_the_lock(small_data, tmp_path):

@@ -105,7 +105,7 @@ def test_hmdb51_tutorial_killed_run_all_resumes_bit_exact_and_run_all_after_the_
     doctor_cell = code_cell(nb, "report = doctor(config)")
     assert "has trained already" in cell_text(doctor_cell) and len(images(doctor_cell)) == 2
     log = (run / "events.log").read_text()
-    assert "resumed from" in log and log.count("final evaluation") == 1
+    assert "resumed from" in log and log.count("final evaluation:") == 1
     assert [int(r["epoch"]) for r in rows(run)] == [1, 2]
     assert (run / "curves.png").exists() and (run / "confusion.png").exists() and (run / "probe.json").exists()
     assert "video accuracy" in cell_text(code_cell(nb, "result.evaluation.summary()"))
@@ -122,7 +122,7 @@ def test_hmdb51_tutorial_killed_run_all_resumes_bit_exact_and_run_all_after_the_
     stamps = {p: p.stat().st_mtime_ns for p in (run / "eval.json", run / "checkpoints" / "last.pt", run / "doctor" / "report.json")}
     nb, died = run_notebook("colab_hmdb51.ipynb", tmp_path)
     assert not died and {p: p.stat().st_mtime_ns for p in stamps} == stamps
-    assert (run / "events.log").read_text().count("final evaluation") == 1
+    assert (run / "events.log").read_text().count("final evaluation:") == 1
     text = "".join(o.get("text", "") for o in code_cell(nb, "result = fit(config)").outputs if o.output_type == "stream")
     assert "already trained 2/2 epochs" in text and "epochs=3 or more" in text and "--epochs" not in text, text
     assert len(images(code_cell(nb, "result = fit(config)"))) == 1                     # the final curves
