@@ -35,10 +35,11 @@ from .distributed import (all_reduce_sum, barrier, broadcast_buffers, first_erro
 from .callbacks import PlotCallback, default_callbacks
 
 # %% auto #0
-__all__ = ['EpochBatchSampler', 'lr_factor', 'make_optimizer', 'amp_setup', 'to_cpu', 'torch_rng_state', 'set_torch_rng_state',
-           'uses_channels_last', 'batch_to_device', 'mix_batch', 'ignore_stop_signals', 'loader_settings', 'evaluate',
-           'keep_buffers', 'put_back', 'cpu_copy', 'device_name', 'oom_where', 'Trainer', 'EvalResult', 'evaluate_run',
-           'eval_files', 'evaluated', 'final_evaluation', 'say_where', 'FitResult', 'preflight', 'fit']
+__all__ = ['CHOSEN_ON', 'EpochBatchSampler', 'lr_factor', 'make_optimizer', 'amp_setup', 'to_cpu', 'torch_rng_state',
+           'set_torch_rng_state', 'uses_channels_last', 'batch_to_device', 'mix_batch', 'ignore_stop_signals',
+           'loader_settings', 'evaluate', 'keep_buffers', 'put_back', 'cpu_copy', 'device_name', 'oom_where', 'Trainer',
+           'EvalResult', 'evaluate_run', 'eval_files', 'evaluated', 'final_evaluation', 'say_where', 'read_eval',
+           'FitResult', 'preflight', 'fit']
 
 # %% ../nbs/40_train.ipynb #982498a6
 class EpochBatchSampler:
@@ -788,6 +789,27 @@ def say_where(run:RunFolder, echo=print):
     if run.degraded and not run.copy_back():
         run.log(f"the run folder {run.root} does not answer: its newest files (checkpoints, metrics.csv, curves.png, eval.json) "
                 f"are in {run.fallback.root}, and the next run of the same command copies them back", echo)
+
+# %% ../nbs/40_train.ipynb #12a42289
+CHOSEN_ON = {"val": "chosen on validation", "test": "chosen on test", "last-epoch": "last epoch, no selection"}
+_METRIC_KEYS = (("acc", "val_acc"), ("video_acc", "val_video_acc"), ("loss", "val_loss"), ("top5", "val_top5"))
+
+def read_eval(ev:dict|None, format:str|None=None) -> dict|None:
+    """eval.json of any har_colab version as {"val", "test": metrics or None, "reported": the metrics of `reported_on`,
+    "chosen_on", "reported_on", "protocol", "legacy", "checkpoint", "clips", "epoch", "best_epoch"}; metrics are {"acc",
+    "video_acc", "loss", "top5" (more than 5 classes), "clips", "videos" (when known)}. `format`: the run's dataset
+    format, which decides what an eval.json from before the val/test split evaluated. None for None."""
+    if not isinstance(ev, dict): return None
+    head = {k: ev.get(k) for k in ("checkpoint", "clips", "epoch", "best_epoch")}
+    if "reported_on" in ev:                               # this version's: both sets, named
+        sets = {s: (dict(ev[s]) if isinstance(ev.get(s), dict) else None) for s in ("val", "test")}
+        return {**head, **sets, "reported": sets.get(ev["reported_on"]), "chosen_on": ev.get("chosen_on", "val"),
+                "reported_on": ev["reported_on"], "protocol": ev.get("protocol", "best-val"), "legacy": False}
+    m = {new: ev[old] for new, old in _METRIC_KEYS if old in ev}   # before: one set, the run's validation set
+    m["clips"] = ev.get("clips")
+    on = "test" if format in ("hmdb51", "ucf101") else "val"      # hmdb51/ucf101 validated on the official test split
+    return {**head, "val": m if on == "val" else None, "test": m if on == "test" else None, "reported": m,
+            "chosen_on": on, "reported_on": on, "protocol": "best-val", "legacy": True}
 
 # %% ../nbs/40_train.ipynb #2435f567
 @dataclass
