@@ -11,6 +11,7 @@ import gc
 import io
 import json
 import os
+import statistics
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -21,14 +22,16 @@ from .core import ConfigError, HarError, atomic_write_json, atomic_write_text
 from .models import count_parameters, get_spec
 from .checkpoint import RunFolder, checkpoint_candidates, fallback_of, find_checkpoint
 from .plots import plot_comparison, read_metrics
-from .config import MAY_CHANGE_ON_RESUME, TrainConfig, config_from_dict, resolve_config
+from .config import LEGACY, MAY_CHANGE_ON_RESUME, TrainConfig, config_from_dict, resolve_config
 from .build import build_model, run_folder
 from .callbacks import in_notebook
-from .train import evaluate_run, evaluated, fit
+from .train import CHOSEN_ON, evaluate_run, evaluated, fit, read_eval
 
 # %% auto #0
-__all__ = ['RUNNING_MINUTES', 'COLUMNS', 'SWEEP_FILE', 'PER_RUN', 'PER_CALL', 'SESSION', 'is_run_folder', 'RunInfo', 'read_run',
-           'run_row', 'Comparison', 'find_runs', 'compare_runs', 'SweepPlan', 'plan_sweep', 'SweepResult', 'sweep']
+__all__ = ['RUNNING_MINUTES', 'COLUMNS', 'OLD_RUN', 'NO_TEST', 'TIERS', 'NOT_SEED', 'SEED_COLUMNS', 'SEED_FIELDS', 'SWEEP_FILE',
+           'PER_RUN', 'PER_CALL', 'SESSION', 'is_run_folder', 'RunInfo', 'read_run', 'run_row', 'seed_key',
+           'seed_groups', 'Comparison', 'seeds_csv_path', 'find_runs', 'compare_runs', 'SweepPlan', 'plan_sweep',
+           'SweepResult', 'sweep']
 
 # %% ../nbs/80_experiments.ipynb #a8ab8f79
 RUNNING_MINUTES = 10.0
@@ -50,6 +53,7 @@ class RunInfo:
     evaluation: dict|None    # eval.json: the final evaluation of best.pt
     class_names: list
     problem: str = ""        # why it is broken
+    old_sets: bool = False   # hmdb51/ucf101 run from before validation and test were apart: its validation set is the test split
     @property
     def name(self) -> str: return self.path.name
 
@@ -81,7 +85,8 @@ def read_run(path, epochs:int|None=None) -> RunInfo:
     if config is None:
         raise HarError(f"{run.root} has no readable config.json and no checkpoint that loads")
     planned = int(epochs or config.get("epochs") or 0)
-    samples = _read_json(run.samples) or {}
+    samples = _read_json(run.samples)
+    samples = samples if isinstance(samples, dict) else {}
     names = list(state["class_names"]) if state else list(samples.get("train", {}).get("class_names", []))
     evaluation = (_read_json(fb.root/"eval.json") if fb is not None else None) or _read_json(run.root/"eval.json")
     if state is not None:
@@ -97,7 +102,8 @@ def read_run(path, epochs:int|None=None) -> RunInfo:
     else:
         window = max(RUNNING_MINUTES, 2 * float(config.get("save_every_minutes") or 0)) * 60
         status = "running" if time.time() - _newest_write(run) < window else "stopped"
-    return RunInfo(run.root, status, config, done, planned, history, evaluation, names, problem)
+    old = config.get("format") in ("hmdb51", "ucf101") and ("test" not in samples if samples else "protocol" not in config)
+    return RunInfo(run.root, status, config, done, planned, history, evaluation, names, problem, old)
 
 # %% ../nbs/80_experiments.ipynb #47516af1
 def _parameters(config:dict, num_classes:int) -> tuple:
@@ -111,61 +117,220 @@ def _parameters(config:dict, num_classes:int) -> tuple:
 def _pct(x) -> str: return "-" if x is None else f"{100*x:.1f}%"
 def _millions(n) -> str: return "-" if n is None else f"{n/1e6:.2f}M"
 
+def _sets(info:RunInfo) -> tuple:
+    "(chosen_on, reported_on, eval.json as `read_eval` reads it or None): from eval.json, else from the run's settings."
+    ev = read_eval(info.evaluation, info.config.get("format"))
+    if ev is not None: return ev["chosen_on"], ev["reported_on"], ev
+    if info.old_sets: return "test", "test", None
+    if info.config.get("protocol") == "last-epoch": return "last-epoch", "test", None
+    no_test = info.config.get("format", "folder") == "folder" and not info.config.get("test_fraction")
+    return "val", "val" if no_test else "test", None
+
+def _acc(metrics, key="video_acc"): return None if not metrics else metrics.get(key)
+
 def run_row(info:RunInfo) -> dict:
-    "The comparison's row for a run."
-    cfg, ev, h = info.config, info.evaluation or {}, info.history
+    "The comparison's row for a run (numbers unformatted; accuracies are fractions)."
+    cfg, h = info.config, info.history
     trainable, total = _parameters(cfg, len(info.class_names)) if info.class_names else (None, None)
     seconds = [r.get("epoch_seconds") for r in h if r.get("epoch_seconds") is not None]
     wait, train_s = sum(r.get("data_wait_seconds", 0) for r in h), sum(r.get("train_seconds", 0) for r in h)
-    return {"run": info.name, "model": cfg.get("model"), "data": f"{Path(str(cfg.get('data'))).name} ({cfg.get('format')})",
+    chosen, reported, ev = _sets(info)
+    best_epoch = max((r["val_acc"] for r in h if "val_acc" in r), default=None)   # per epoch: val_clips clips, clip accuracy
+    val, val_from = _acc(ev and ev["val"]), "final evaluation"
+    if val is None: val, val_from = (best_epoch, "best epoch") if chosen == "val" and best_epoch is not None else (None, "")
+    return {"run": info.name, "model": cfg.get("model"), "group": None, "data": f"{Path(str(cfg.get('data'))).name} ({cfg.get('format')})",
             "subset": cfg.get("subset"), "epochs_done": info.epochs_done, "epochs": info.epochs,
-            "best_val_acc": max((r["val_acc"] for r in h if "val_acc" in r), default=None),
-            "final_video_acc": ev.get("val_video_acc"), "final_clips": ev.get("clips"),
+            "chosen_on": chosen,                              # the set best.pt was chosen on: val, test (a run from before) or last-epoch
+            "reported_on": reported,                          # the set the final accuracy is measured on: test, or val without a test set
+            "val_acc": val, "val_from": val_from,             # what the comparison ranks by: the final evaluation's, else the best epoch's
+            "test_acc": _acc(ev and ev["test"]),              # the final evaluation's video accuracy on the test set
+            "test_clip_acc": _acc(ev and ev["test"], "acc"),
+            "final_clips": ev["clips"] if ev else None, "best_epoch_val_acc": best_epoch,
             "trainable_params": trainable, "params": total,
             "train_minutes": sum(seconds) / 60 if seconds else None,
             "input_bound": wait / train_s if train_s else None,        # share of training time spent waiting for data
             "status": info.status + (f" ({info.problem})" if info.problem else ""), "path": str(info.path)}
 
-COLUMNS = ("run", "model", "data", "subset", "epochs", "best val acc", "final video acc", "params", "time", "status")
+COLUMNS = ("run", "model", "data", "subset", "epochs", "val acc", "test acc", "chosen on", "params", "time", "status")
+OLD_RUN = "chosen on test (old run)"
+NO_TEST = "no test set"
+
+def _chosen_words(r:dict) -> str:
+    if r["chosen_on"] == "test": return OLD_RUN
+    return CHOSEN_ON[r["chosen_on"]]
 
 def _cells(r:dict) -> list:
-    final = "-" if r["final_video_acc"] is None else f"{_pct(r['final_video_acc'])} ({r['final_clips']} clips)"
+    val = "-" if r["val_acc"] is None else (f"{_pct(r['val_acc'])} ({r['final_clips']} clips)" if r["val_from"] == "final evaluation"
+                                            else f"{_pct(r['val_acc'])} (best epoch)")
+    test = f"{_pct(r['test_acc'])} ({r['final_clips']} clips)" if r["test_acc"] is not None else NO_TEST if r["reported_on"] == "val" else "-"
     params = "-" if r["params"] is None else f"{_millions(r['trainable_params'])} / {_millions(r['params'])}"
     m = r["train_minutes"]
     time_ = "-" if m is None else f"{60*m:.0f} s" if m < 1 else f"{m:.1f} min" if m < 120 else f"{m/60:.1f} h"
     if r["input_bound"] is not None: time_ += f" ({100*r['input_bound']:.0f}% input wait)"
     return [r["run"], str(r["model"]), r["data"], _pct(r["subset"]), f"{r['epochs_done']}/{r['epochs']}",
-            _pct(r["best_val_acc"]), final, params, time_, r["status"]]
+            val, test, _chosen_words(r), params, time_, r["status"]]
 
+TIERS = ("val", "last-epoch", "test")   # ranked in this order: chosen on validation, then no selection, then runs from before
+
+def _rank_key(r:dict) -> tuple:
+    """Sort key (ascending): runs chosen on validation by validation accuracy (finished runs, by their final evaluation,
+    before unfinished ones, by their best epoch); then runs without selection (last-epoch) and runs chosen on test, each by test."""
+    tier = TIERS.index(r["chosen_on"]) if r["chosen_on"] in TIERS else len(TIERS)
+    score = r["val_acc"] if r["chosen_on"] == "val" else r["test_acc"]    # no validation set (last-epoch) or chosen on test
+    return (tier, score is None, r["val_from"] != "final evaluation", -(score or 0.0))
+
+def _footnotes(rows:list) -> list:
+    notes = []
+    if any(r["chosen_on"] == "test" for r in rows):
+        notes.append(f"{OLD_RUN}: trained before har_colab kept validation and test apart, best.pt was chosen on the test "
+                     "split, so its test accuracy is optimistic; listed after the runs chosen on validation, never ranked with them")
+    if any(r["chosen_on"] == "val" and r["reported_on"] == "val" for r in rows):
+        notes.append(f"{NO_TEST}: the accuracy reported is the validation accuracy best.pt was chosen on (optimistic); "
+                     "--test-fraction keeps a test set apart")
+    if any(r["chosen_on"] == "last-epoch" for r in rows):
+        notes.append("last epoch, no selection: no validation set (--protocol last-epoch), ranked by test accuracy after the "
+                     "runs chosen on validation")
+    return notes
+
+# %% ../nbs/80_experiments.ipynb #765e66d7
+NOT_SEED = {"seed", "run_dir"} | (MAY_CHANGE_ON_RESUME - {"epochs"})   # fields in which the runs of one seed group may differ
+_BEFORE = {"protocol": "best-val", "test_fraction": 0.0, "val_videos": None}   # what a config.json without these fields means
+
+def seed_key(config:dict, chosen_on:str|None=None) -> str:
+    "What runs of one seed group share: the config without `NOT_SEED` (missing fields read as their defaults), and the set best.pt was chosen on."
+    defaults = {f.name: f.default for f in dataclasses.fields(TrainConfig)}
+    full = {**_BEFORE, **defaults, **LEGACY, **config}
+    return json.dumps({"chosen_on": chosen_on, **{k: v for k, v in full.items() if k not in NOT_SEED}}, sort_keys=True, default=str)
+
+def _mean_sd(values:list) -> tuple:
+    "(mean, sample standard deviation) of `values`; sd None for fewer than 2, both None for none."
+    if not values: return None, None
+    return statistics.mean(values), (statistics.stdev(values) if len(values) > 1 else None)
+
+def seed_groups(rows:list, configs:list, planned:dict|None=None) -> list:
+    """Runs that differ only by seed, one dict per group (best first): model, chosen_on, n (runs with a final evaluation),
+    test and validation accuracy as mean and sample sd over those runs, their seeds, and the runs not done (with their
+    status; `planned`: run name -> model of the runs a sweep plans, those without a folder are 'missing')."""
+    groups = {}
+    for r, cfg in zip(rows, configs):
+        groups.setdefault(seed_key(cfg, r["chosen_on"]), []).append((r, cfg))
+    out = []
+    for key, members in groups.items():
+        done = [r for r, _ in members if r["status"] == "done" and r["final_clips"] is not None]
+        finished = {id(r) for r in done}
+        test = [r["test_acc"] for r in done if r["test_acc"] is not None]
+        val = [r["val_acc"] for r in done if r["val_acc"] is not None and r["val_from"] == "final evaluation"]
+        (tm, ts), (vm, vs) = _mean_sd(test), _mean_sd(val)
+        first = members[0][0]
+        out.append({"group": first["model"], "model": first["model"], "chosen_on": first["chosen_on"],
+                    "reported_on": first["reported_on"], "runs": len(members), "n": len(done),
+                    "test_mean": tm, "test_sd": ts, "test_n": len(test), "val_mean": vm, "val_sd": vs, "val_n": len(val),
+                    "seeds": ",".join(str(cfg.get("seed")) for _, cfg in sorted(members, key=lambda m: m[1].get("seed") or 0)),
+                    "not_done": "; ".join(f"{r['run']} ({r['status']})" for r, _ in members if id(r) not in finished),
+                    "members": [r["run"] for r, _ in members], "key": key})
+    for name, model in (planned or {}).items():          # a sweep's runs that have no folder yet
+        if any(name in g["members"] for g in out): continue
+        g = next((g for g in out if g["model"] == model), None)
+        if g is None:
+            g = {"group": model, "model": model, "chosen_on": None, "reported_on": None, "runs": 0, "n": 0, "test_mean": None,
+                 "test_sd": None, "test_n": 0, "val_mean": None, "val_sd": None, "val_n": 0, "seeds": "", "not_done": "",
+                 "members": [], "key": ""}
+            out.append(g)
+        g["runs"] += 1; g["members"].append(name)
+        g["not_done"] = "; ".join(filter(None, [g["not_done"], f"{name} (missing)"]))
+    _label(out)
+    for g in out:
+        for r, _ in groups.get(g["key"], []): r["group"] = g["group"]
+    def key(g):
+        tier = TIERS.index(g["chosen_on"]) if g["chosen_on"] in TIERS else len(TIERS)
+        score = g["val_mean"] if g["chosen_on"] == "val" else g["test_mean"]
+        return (tier, score is None, -(score or 0.0))
+    return sorted(out, key=key)
+
+def _label(groups:list):
+    "Name each group by its model, and where two groups share a model, by up to three settings in which they differ."
+    for g in groups:
+        twins = [o for o in groups if o is not g and o["model"] == g["model"] and o["key"] and g["key"]]
+        if not twins: continue
+        mine = json.loads(g["key"])
+        differ = [k for k in mine if k not in ("model", "chosen_on") and any(json.loads(o["key"]).get(k) != mine[k] for o in twins)]
+        if differ: g["group"] = f"{g['model']} (" + ", ".join(f"{k}={mine[k]}" for k in differ[:3]) + ")"
+
+SEED_COLUMNS = ("group", "chosen on", "n", "test acc (mean ± sd)", "val acc (mean ± sd)", "seeds", "not done")
+
+def _spread(mean, sd) -> str:
+    if mean is None: return "-"
+    return f"{100*mean:.1f}%" if sd is None else f"{100*mean:.1f} ± {100*sd:.1f}%"
+
+def _seed_cells(g:dict) -> list:
+    chosen = "-" if g["chosen_on"] is None else _chosen_words(g)
+    test = _spread(g["test_mean"], g["test_sd"]) if g["test_n"] or g["reported_on"] != "val" else NO_TEST
+    return [g["group"], chosen, f"{g['n']}/{g['runs']}", test, _spread(g["val_mean"], g["val_sd"]), g["seeds"] or "-",
+            g["not_done"] or "-"]
+
+def _aligned(header, rows) -> str:
+    cells = [list(header)] + rows
+    widths = [max(len(c[i]) for c in cells) for i in range(len(header))]
+    return "\n".join("  ".join(c.ljust(w) for c, w in zip(row, widths)).rstrip() for row in cells)
+
+def _csv(rows:list, fields:list) -> str:
+    buf = io.StringIO(); w = csv.DictWriter(buf, fieldnames=fields, lineterminator="\n", extrasaction="ignore")
+    w.writeheader(); w.writerows(rows)
+    return buf.getvalue()
+
+# %% ../nbs/80_experiments.ipynb #c86484b3
 @dataclass
 class Comparison:
-    "Run folders side by side: `rows` (best first), the figure's path, and the folders that were skipped."
+    "Run folders side by side: `rows` (ranked), `groups` (runs that differ only by seed), the figure's path, skipped folders."
     rows: list
     figure: Path|None
     skipped: list = field(default_factory=list)   # (path, why) of folders that are no run
+    groups: list = field(default_factory=list)    # `seed_groups` of the rows
     def table(self) -> str:
-        "The rows as an aligned text table."
-        cells = [list(COLUMNS)] + [_cells(r) for r in self.rows]
-        widths = [max(len(c[i]) for c in cells) for i in range(len(COLUMNS))]
-        return "\n".join("  ".join(c.ljust(w) for c, w in zip(row, widths)).rstrip() for row in cells)
+        "The rows as an aligned text table, with what its labels mean below it."
+        return "\n".join([_aligned(COLUMNS, [_cells(r) for r in self.rows]), *_footnotes(self.rows)])
     def markdown(self) -> str:
         "The rows as a Markdown table."
         lines = ["| " + " | ".join(COLUMNS) + " |", "|" + " --- |" * len(COLUMNS)]
-        return "\n".join(lines + ["| " + " | ".join(_cells(r)) + " |" for r in self.rows])
+        notes = _footnotes(self.rows)
+        return "\n".join(lines + ["| " + " | ".join(_cells(r)) + " |" for r in self.rows] + ([""] + notes if notes else []))
     def csv(self) -> str:
         "The rows as CSV (numbers unformatted)."
-        buf = io.StringIO(); w = csv.DictWriter(buf, fieldnames=list(self.rows[0]) if self.rows else ["run"], lineterminator="\n")
-        w.writeheader(); w.writerows(self.rows)
-        return buf.getvalue()
+        return _csv(self.rows, list(self.rows[0]) if self.rows else ["run"])
+    @property
+    def seed_groups(self) -> list:
+        "The groups of more than one run (runs of a sweep's plan without a folder count): what the seed table shows."
+        return [g for g in self.groups if g["runs"] > 1]
+    def seed_table(self) -> str:
+        "The seed groups as an aligned text table ('' when no two runs differ only by seed)."
+        if not self.seed_groups: return ""
+        return ("runs that differ only by seed (mean ± sample standard deviation over the n runs with a final evaluation):\n"
+                + _aligned(SEED_COLUMNS, [_seed_cells(g) for g in self.seed_groups]))
+    def seed_markdown(self) -> str:
+        "The seed groups as a Markdown table ('' when there are none)."
+        if not self.seed_groups: return ""
+        return "\n".join(["| " + " | ".join(SEED_COLUMNS) + " |", "|" + " --- |" * len(SEED_COLUMNS)]
+                         + ["| " + " | ".join(_seed_cells(g)) + " |" for g in self.seed_groups])
+    def seed_csv(self) -> str:
+        "Every group (one run too) as CSV: numbers unformatted, runs and seeds separated by ';' and ','."
+        return _csv([{**g, "members": ";".join(g["members"])} for g in self.groups], list(SEED_FIELDS))
     def show(self):
-        "Display the table and the figure in a notebook."
+        "Display the tables and the figure in a notebook."
         from IPython.display import Image, Markdown, display
-        display(Markdown(self.markdown()))
+        display(Markdown(self.markdown() + ("\n\n" + self.seed_markdown() if self.seed_groups else "")))
         if self.figure is not None and self.figure.exists(): display(Image(filename=str(self.figure)))
     def __repr__(self):
         best = self.rows[0] if self.rows else None
         return (f"Comparison({len(self.rows)} runs" + (f", first: {best['run']}" if best else "")
+                + (f", {len(self.seed_groups)} seed groups" if self.seed_groups else "")
                 + (f"; figure {self.figure}" if self.figure else "") + ")")
+
+SEED_FIELDS = ("group", "model", "chosen_on", "reported_on", "runs", "n", "test_mean", "test_sd", "test_n", "val_mean", "val_sd",
+               "val_n", "seeds", "not_done", "members")
+
+def seeds_csv_path(figure) -> Path:
+    "Where `compare_runs` writes the seed groups: beside the figure, `<name>_seeds.csv`."
+    return Path(figure).with_name(Path(figure).stem + "_seeds.csv")
 
 def find_runs(paths) -> tuple:
     "(run folders, [(path, why skipped)]) for `paths`: run folders, or folders holding run folders at any depth."
@@ -186,15 +351,13 @@ def find_runs(paths) -> tuple:
     unique = list(dict.fromkeys(r.resolve() for r in runs))
     return unique, skipped
 
-def _sort_key(r:dict):
-    return (r["final_video_acc"] is not None, r["final_video_acc"] or 0.0, r["best_val_acc"] or 0.0)
-
 def compare_runs(runs,                   # run folders and/or folders of run folders (a path or a list)
-                 out=None,               # the figure (default: comparison.png in the runs' common parent); the table goes beside it as .csv
-                 show:bool|None=None,    # display table and figure inline (default: in a notebook)
+                 out=None,               # the figure (default: comparison.png in the runs' common parent); the tables go beside it as .csv
+                 show:bool|None=None,    # display tables and figure inline (default: in a notebook)
                  epochs:dict|None=None,  # run folder name -> planned epochs (a sweep's plan), else the runs' configs
+                 planned:dict|None=None, # run folder name -> model of the runs a sweep plans (those without a folder: 'missing')
                  echo=print) -> Comparison:
-    "A table of the runs (best first) and one figure of their validation curves overlaid."
+    "A table of the runs ranked by validation, their seed groups, and one figure of their validation curves overlaid."
     found, skipped = find_runs([runs] if isinstance(runs, (str, os.PathLike)) else list(runs))
     infos = []
     for p in found:
@@ -205,12 +368,14 @@ def compare_runs(runs,                   # run folders and/or folders of run fol
     if not infos:
         raise HarError("no run folder to compare; pass run folders (they hold config.json, metrics.csv or checkpoints/) "
                        "or a folder that holds them")
-    rows = sorted((run_row(i) for i in infos), key=_sort_key, reverse=True)
+    ranked = sorted(zip((run_row(i) for i in infos), infos), key=lambda p: _rank_key(p[0]))
+    rows = [r for r, _ in ranked]
+    groups = seed_groups(rows, [i.config for _, i in ranked], planned)
     out = Path(out).expanduser() if out else Path(os.path.commonpath([str(i.path.parent) for i in infos]))/"comparison.png"
-    histories = {r["run"]: next(i.history for i in infos if str(i.path) == r["path"]) for r in rows}
-    plot_comparison(histories, out, title=f"{len(rows)} runs: validation curves")
-    cmp = Comparison(rows, out, skipped)
+    plot_comparison({r["run"]: i.history for r, i in ranked}, out, title=f"{len(rows)} runs: validation curves")
+    cmp = Comparison(rows, out, skipped, groups)
     atomic_write_text(out.with_suffix(".csv"), cmp.csv())
+    atomic_write_text(seeds_csv_path(out), cmp.seed_csv())
     if show is None: show = in_notebook()
     if show: cmp.show()
     return cmp
@@ -293,7 +458,12 @@ class SweepResult:
     comparison: Comparison|None
     def _repr_markdown_(self):
         head = f"**sweep {self.status}**" + (f": {self.reason}" if self.reason else "") + f" ({self.plan.root})"
-        return head + ("\n\n" + self.comparison.markdown() if self.comparison else "")
+        if self.comparison is None: return head
+        seeds = self.comparison.seed_markdown()
+        return head + "\n\n" + self.comparison.markdown() + ("\n\n" + seeds if seeds else "")
+    def seed_table(self) -> str:
+        "Mean ± standard deviation per model over the seeds, n and the runs not done ('' with one seed)."
+        return self.comparison.seed_table() if self.comparison else ""
     def __repr__(self):
         done = sum(s == "done" for s in self.runs.values())
         return f"SweepResult({self.status}{': ' + self.reason if self.reason else ''}, {done}/{len(self.runs)} runs done)"
@@ -321,10 +491,11 @@ def sweep(root,                      # the sweep's folder: sweep.json, one run f
     for _, _, cfg in configs: resolve_config(cfg)            # every run's settings are checked before any trains
     names = [Path(cfg.run_dir).name for _, _, cfg in configs]
     epochs = {n: plan.config["epochs"] for n in names}
+    planned = {n: m for (m, _, _), n in zip(configs, names)}
     t0, status, reason = time.time(), "completed", ""
     def refresh():
         existing = [plan.run_dir(m, s) for m, s in plan.runs if is_run_folder(plan.run_dir(m, s))]
-        return compare_runs(existing, plan.root/"comparison.png", show=False, epochs=epochs, echo=None) if existing else None
+        return compare_runs(existing, plan.root/"comparison.png", show=False, epochs=epochs, planned=planned, echo=None) if existing else None
     for i, ((model, seed, cfg), name) in enumerate(zip(configs, names)):
         run = RunFolder(cfg.run_dir)
         info = _read_if_run(run.root, plan.config["epochs"])
