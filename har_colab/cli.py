@@ -257,18 +257,20 @@ def cmd_sweep(a) -> int:
     train = {f.name: getattr(a, f.name) for f in dataclasses.fields(TrainConfig) if hasattr(a, f.name)}
     res = sweep(a.root, a.models, a.seeds, **train)
     if res.comparison is not None: print(res.comparison.table())
+    if res.seed_table(): print("\n" + res.seed_table())        # mean ± sd over the seeds, n, runs not done
     if res.status == "stopped":
         print(f"sweep stopped: {res.reason}; re-run the same command to continue")
         return 3
-    print(f"sweep done: {len(res.runs)} runs in {res.plan.root} (comparison.png, comparison.csv)")
+    print(f"sweep done: {len(res.runs)} runs in {res.plan.root} (comparison.png, comparison.csv, comparison_seeds.csv)")
     return 0
 
 def cmd_compare(a) -> int:
-    from har_colab.experiments import compare_runs
+    from har_colab.experiments import compare_runs, seeds_csv_path
     if a.out: _check_target(a.out, "--out", "comparison.png")
     cmp = compare_runs(a.runs, out=a.out, show=False, echo=lambda m: print(m, file=sys.stderr))
     print(cmp.table())
-    print(f"wrote {cmp.figure} and {cmp.figure.with_suffix('.csv').name}")
+    if cmp.seed_table(): print("\n" + cmp.seed_table())
+    print(f"wrote {cmp.figure}, {cmp.figure.with_suffix('.csv').name} and {seeds_csv_path(cmp.figure).name}")
     return 0
 
 def cmd_predict(a) -> int:
