@@ -157,10 +157,11 @@ def test_compare_models_tutorial_killed_then_run_all_finishes_the_sweep(tmp_path
     assert not died and "resumed from" in (root / "tiny3d-seed0" / "events.log").read_text()
     table = list(csv.DictReader(open(root / "comparison.csv")))
     assert sorted(r["run"] for r in table) == ["tiny3d-seed0", "tiny3d-seed1", "tiny3d-seed2"]
-    assert {r["status"] for r in table} == {"done"} and all(r["final_video_acc"] for r in table)
+    assert {r["status"] for r in table} == {"done"} and all(r["val_acc"] for r in table)
     assert [int(r["epoch"]) for r in rows(root / "tiny3d-seed0")] == [1, 2]
     text = outputs(nb)
-    assert "final video acc" in text and "top-1" in text and "parity: max |difference|" in text
+    assert "val acc" in text and "chosen on validation" in text and "top-1" in text and "parity: max |difference|" in text
+    assert "test acc (mean ± sd)" in cell_text(code_cell(nb, "compare_runs(ws.run_dir)"))   # the three seeds, one group
     assert images(code_cell(nb, "compare_runs(ws.run_dir)"))                          # the figure, inline
     best = table[0]["path"]
     assert (Path(best) / "export" / "tiny3d.onnx").exists() and (root / "timeline.png").exists()
