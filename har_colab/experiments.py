@@ -174,10 +174,11 @@ TIERS = ("val", "last-epoch", "test")   # ranked in this order: chosen on valida
 
 def _rank_key(r:dict) -> tuple:
     """Sort key (ascending): runs chosen on validation by validation accuracy (finished runs, by their final evaluation,
-    before unfinished ones, by their best epoch); then runs without selection (last-epoch) and runs chosen on test, each by test."""
+    before unfinished ones, by their best epoch); then runs without selection (last-epoch) and runs chosen on test, each
+    by test; runs without a number last."""
     tier = TIERS.index(r["chosen_on"]) if r["chosen_on"] in TIERS else len(TIERS)
     score = r["val_acc"] if r["chosen_on"] == "val" else r["test_acc"]    # no validation set (last-epoch) or chosen on test
-    return (tier, score is None, r["val_from"] != "final evaluation", -(score or 0.0))
+    return (score is None, tier, r["val_from"] != "final evaluation", -(score or 0.0))
 
 def _footnotes(rows:list) -> list:
     notes = []
@@ -244,7 +245,7 @@ def seed_groups(rows:list, configs:list, planned:dict|None=None) -> list:
     def key(g):
         tier = TIERS.index(g["chosen_on"]) if g["chosen_on"] in TIERS else len(TIERS)
         score = g["val_mean"] if g["chosen_on"] == "val" else g["test_mean"]
-        return (tier, score is None, -(score or 0.0))
+        return (score is None, tier, -(score or 0.0))
     return sorted(out, key=key)
 
 def _label(groups:list):
