@@ -1,6 +1,7 @@
 """The Colab twin: har_colab installed the way a Colab notebook installs it, into Colab's packages, then tested as installed.
 
-`make test-colab` (CI runs it after `make test`); `python .ci/colab_twin.py --install-only` stops after step 5.
+`make test-colab` (CI runs it after `make test`); `python .ci/colab_twin.py --install-only` stops after step 5, and
+`--venv-only` after step 2 (`.ci/run` makes the venv that way while `make test` runs, then `make test-colab` takes it).
 Steps, each timed:
 1. settings.ini's lower bounds never exceed Colab's versions: a requirement of ours or of an extra with a `>=` bound
    above the version .ci/colab_image.txt pins fails, naming each;
@@ -19,7 +20,8 @@ Steps, each timed:
    ipywidgets 7, transformers 5.15, ...), the dev venv at constraints.txt's.
 The venv (.venv-colab) is kept between local runs while the list is unchanged: what earlier runs installed beyond the
 list is uninstalled and the list installed again, so a reused venv starts as a new one; under CI (CI=true) it is made
-anew. Python 3.13 comes from `HAR_COLAB_TWIN_PYTHON` or pyenv (`$(pyenv root)/versions/3.13.*`); without one it checks
+anew, except that a venv made by `--venv-only` in the same CI run (`HAR_COLAB_CI_RUN`, set by `.ci/run`) is taken as
+it is, once. Python 3.13 comes from `HAR_COLAB_TWIN_PYTHON` or pyenv (`$(pyenv root)/versions/3.13.*`); without one it checks
 the bounds (step 1), prints one SKIP line and exits 0.
 """
 import configparser
@@ -117,7 +119,13 @@ def make_venv(python, pins):
     stamp = VENV / ".colab_set.json"
     want = {"python": python, "image": hashlib.sha256(IMAGE.read_bytes()).hexdigest()}
     py = VENV / "bin" / "python"
-    reuse = os.environ.get("CI") != "true" and stamp.exists() and json.loads(stamp.read_text()) == want and py.exists()
+    same = stamp.exists() and json.loads(stamp.read_text()) == want and py.exists()
+    fresh, ci_run = VENV / ".made_in_ci_run", os.environ.get("HAR_COLAB_CI_RUN")
+    if same and ci_run and fresh.exists() and fresh.read_text() == ci_run:   # `--venv-only` made it in this CI run
+        fresh.unlink()
+        say(f"taking {VENV.name} as `--venv-only` made it earlier in this CI run")
+        return py
+    reuse = os.environ.get("CI") != "true" and same
     if reuse:        # what earlier runs added (har_colab, its dependencies, the test tools) goes; the list comes back
         extra = sorted(n for n in versions(py) if n not in pins and not torch_runtime(n) and n not in ("setuptools", "wheel"))
         if extra: run(py, "-m", "pip", "uninstall", "-y", "-q", *extra, quiet=True)
@@ -172,11 +180,16 @@ def main(argv=None):
     if python is None:
         print(f"SKIP colab twin: no Python 3.13 under {pyenv_root}/versions (pyenv install 3.13 to run it)")
         return 0
+    venv_only = "--venv-only" in (sys.argv[1:] if argv is None else argv)
     py = make_venv(python, pins)
     names = sorted(pins)
     before = versions(py)
     wrong = changed({n: pins[n] for n in names}, before, names)
     if wrong: sys.exit(f"colab twin: {VENV.name} does not hold {IMAGE.name} after installing it: " + "; ".join(wrong))
+    if venv_only:
+        if os.environ.get("HAR_COLAB_CI_RUN"): (VENV / ".made_in_ci_run").write_text(os.environ["HAR_COLAB_CI_RUN"])
+        say(f"--venv-only: {VENV.name} holds Colab's image")
+        return 0
     say("Colab's image installed: " + ", ".join(f"{n} {before[n]}" for n in
                                                   ("torch", "torchvision", "torchcodec", "transformers", "numpy", "ipywidgets")))
     with tempfile.TemporaryDirectory(prefix="har_colab_twin_") as tmp:
