@@ -612,7 +612,7 @@ class Trainer:
         self.history.append(row)
         # best.pt: the best validation accuracy so far; without a validation set (protocol last-epoch) the newest epoch
         self.improved = self.val_ds is None or (bool(m) and (self.best_val_acc is None or row["val_acc"] > self.best_val_acc))
-        if self.improved: self.best_val_acc = row["val_acc"]
+        if self.improved and m: self.best_val_acc = row["val_acc"]
         self.event("after_validate")
         self.epoch += 1; self.step_in_epoch = 0
         self.running = _new_running()
