@@ -31,13 +31,18 @@ from .checkpoint import (CheckpointError, RunFolder, RunLock, _progress_or_none,
 from .config import DEFAULT_VAL_VIDEOS, TrainConfig, apply_recipe, config_diff, config_from_dict, keep_recipe
 
 # %% auto #0
-__all__ = ['INIT_MIN_SHARE', 'CPU_MODELS', 'build_samples', 'lone_classes', 'samples_from_saved', 'chosen_on', 'eval_sets',
-           'build_model', 'init_state', 'init_from', 'build_cache', 'clip_dataset', 'gpu_decode_device', 'SavedRun',
-           'run_folder', 'checkpoint_path', 'best_epoch', 'best_checkpoint', 'load_run', 'RunStart', 'probe_run_videos',
-           'open_run', 'run_video_sizes', 'cpu_step_seconds', 'colab_without_gpu', 'check_colab_gpu']
+__all__ = ['INIT_MIN_SHARE', 'CPU_MODELS', 'build_samples', 'build_sets', 'lone_classes', 'samples_from_saved', 'chosen_on',
+           'eval_sets', 'build_model', 'init_state', 'init_from', 'build_cache', 'clip_dataset', 'gpu_decode_device',
+           'SavedRun', 'run_folder', 'checkpoint_path', 'best_epoch', 'best_checkpoint', 'load_run', 'RunStart',
+           'probe_run_videos', 'open_run', 'run_video_sizes', 'cpu_step_seconds', 'colab_without_gpu',
+           'check_colab_gpu']
 
 # %% ../nbs/35_build.ipynb #67fa4bc0
 def build_samples(cfg:TrainConfig) -> tuple:
+    "(train, val) `Samples` for `cfg` (`build_sets` gives the test set too)."
+    return build_sets(cfg)[:2]
+
+def build_sets(cfg:TrainConfig) -> tuple:
     """(train, val, test) `Samples` for `cfg`: val None under protocol last-epoch, test None for a folder dataset without
     `test_fraction`. hmdb51/ucf101: val is about `val_videos` per class of the official training list (whole recordings),
     test the official test split; `subset` then takes its share of each class's training list from what val left."""
@@ -486,7 +491,7 @@ def open_run(cfg:TrainConfig, echo=print,
         else:
             if cfg.val_videos is None and cfg.protocol == "best-val" and cfg.format != "folder":
                 cfg.val_videos = DEFAULT_VAL_VIDEOS                # config.json keeps the number the run started with
-            train, val, test = build_samples(cfg)
+            train, val, test = build_sets(cfg)
             start.probe = probe_run_videos(cfg, [p for s in (train, val, test) if s is not None for p in s.paths])
             train, val, test = _leave_out_unreadable(cfg, start.probe, train, val, test, run, echo)
             for held, what in ((val, "validation"), (test, "test")):

@@ -69,20 +69,20 @@ def test_train_r3d18_on_an_hmdb51_format_tree(tmp_path):
     for k, cls in enumerate(["brush_hair", "cartwheel", "catch"]):
         lines = []
         for i in range(4):
-            name = f"{cls}_clip_u_nm_np1_fr_med_{i}.avi"
+            name = f"{cls}_clip{i}_u_nm_np1_fr_med_0.avi"            # four source movies per class
             write_video(root / cls / name, render_motion_video(np.random.default_rng(10 * k + i), 2 * k, 20, (80, 64)), codec="mpeg4")
             lines.append(f"{name} {2 if i == 3 else 1}")
         (root / f"{cls}_test_split1.txt").write_text("\n".join(lines) + "\n")
     run = tmp_path / "run"
     r = run_cli("train", "--run-dir", run, "--data", root, "--format", "hmdb51", "--split", "1", "--model", "r3d_18",
-                "--no-pretrained", "--epochs", "1", "--batch-size", "2", "--max-steps-per-epoch", "2", "--eval-clips", "1",
+                "--no-pretrained", "--epochs", "1", "--batch-size", "2", "--max-steps-per-epoch", "2", "--eval-clips", "1", "--val-videos", "1",
                 "--workers", "0", "--no-progress")
     assert r.returncode == 0, r.stderr[-3000:]
     cfg = __import__("json").loads((run / "config.json").read_text())
     assert cfg["frames"] == 16 and cfg["lr"] == 3e-3 and cfg["optimizer"] == "sgd"   # from r3d_18's spec
     ck = torch.load(run / "checkpoints" / "last.pt", weights_only=True)
     assert ck["class_names"] == ["brush_hair", "cartwheel", "catch"] and ck["model"]["fc.weight"].shape == (3, 512)
-    assert len(ck["samples"]["train"]["paths"]) == 9 and len(ck["samples"]["val"]["paths"]) == 3
+    assert [len(ck["samples"][k]["paths"]) for k in ("train", "val", "test")] == [6, 3, 3]   # val: one movie per class of the training list
 
 
 # --- choose on validation, report on test (issue 27) -------------------------------------------------------------------
