@@ -730,7 +730,7 @@ class EvalResult:
         if "top5" in m: s += f", top-5 {100*m['top5']:.2f}%"
         other = self.sets.get("val") if self.reported_on == "test" else None
         if other: s += f"; validation video accuracy {100*other['video_acc']:.2f}%"
-        worst = sorted(self.per_class().items(), key=lambda kv: kv[1])[:3]
+        worst = sorted(((c, a) for c, a in self.per_class().items() if a == a), key=lambda kv: kv[1])[:3]   # a class without videos: nan
         return s + f"; weakest classes ({_SET_WORDS[self.reported_on]}): " + ", ".join(f"{c} {100*a:.0f}%" for c, a in worst)
 
 def _run_format(run:RunFolder) -> str|None:
@@ -789,8 +789,9 @@ def evaluate_run(run_dir, checkpoint:str="best", clips:int|None=None, data=None,
     B = batch_size or max(1, cfg.batch_size // cfg.accumulate)
     say = echo if echo is not None and is_main() else (lambda m: None)
     sets = {}
+    both = all(s is not None for s in saved.eval_sets().values())
     for on, samples in saved.eval_sets().items():        # the same order in every process (torchrun)
-        label = saved.path.name + ("" if on == "test" else f" on the {_SET_WORDS[on]} set")
+        label = saved.path.name + (f" on the {_SET_WORDS[on]} set" if both and on == "val" else "")
         sets[on] = None if samples is None else _evaluate_set(cfg, model, samples, K, dev, B, workers, run, label, say, echo)
     on = "test" if sets.get("test") is not None else "val"
     res = EvalResult(sets, names, saved.path, K, saved.chosen_on, on, cfg.protocol, saved.note)
