@@ -297,7 +297,10 @@ def best_epoch(run:RunFolder) -> int|None:
     quiet = RunFolder(run.root, None if run.fallback is None else run.fallback.root)
     quiet.log = lambda message, echo=None: None                   # looking never writes to the folder
     state, _ = find_checkpoint(quiet, mmap=True)
-    rows = [h for h in (state or {}).get("history", []) if "val_acc" in h]
+    history = (state or {}).get("history", [])
+    if (state or {}).get("config", {}).get("protocol") == "last-epoch":   # no choice: best.pt is the newest epoch's
+        return int(history[-1]["epoch"]) if history else None
+    rows = [h for h in history if "val_acc" in h]
     return int(max(rows, key=lambda h: h["val_acc"])["epoch"]) if rows else None
 
 def best_checkpoint(run:RunFolder,
