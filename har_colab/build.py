@@ -298,7 +298,8 @@ def best_epoch(run:RunFolder) -> int|None:
     quiet.log = lambda message, echo=None: None                   # looking never writes to the folder
     state, _ = find_checkpoint(quiet, mmap=True)
     history = (state or {}).get("history", [])
-    if (state or {}).get("config", {}).get("protocol") == "last-epoch":   # no choice: best.pt is the newest epoch's
+    config = (state or {}).get("config")
+    if isinstance(config, dict) and config.get("protocol") == "last-epoch":   # no choice: best.pt is the newest epoch's
         return int(history[-1]["epoch"]) if history else None
     rows = [h for h in history if "val_acc" in h]
     return int(max(rows, key=lambda h: h["val_acc"])["epoch"]) if rows else None

@@ -674,6 +674,7 @@ class EvalResult:
     reported_on: str = "test"    # the set whose accuracy is reported: 'test', or 'val' for a run without a test set
     protocol: str = "best-val"
     note: str = ""        # why another checkpoint stood in for best.pt (it does not load)
+    chosen: bool = True   # the checkpoint is best.pt (or what stands in for it); False: last.pt, an epoch's (eval_last.json)
     @property
     def reported(self) -> dict: return self.sets.get(self.reported_on) or {}
     @property
@@ -714,6 +715,7 @@ class EvalResult:
     def headline(self) -> str:
         "What the reported accuracy is: 'test accuracy of the checkpoint chosen on validation', ..."
         on = _SET_WORDS[self.reported_on]
+        if not self.chosen: return f"{on} accuracy" + (" (no test set)" if self.reported_on == "val" else "")
         if self.chosen_on == "last-epoch": return f"{on} accuracy of the last epoch's checkpoint (protocol last-epoch, no selection)"
         if self.chosen_on == "test":
             return ("test accuracy of the checkpoint chosen on test (a run from before validation was held out of the training "
@@ -724,7 +726,7 @@ class EvalResult:
         return "test accuracy of the checkpoint chosen on validation"
     def summary(self) -> str:
         m = self.metrics
-        s = (f"{self.checkpoint.name}, {self.headline()}: video accuracy {100*m['video_acc']:.2f}%, clip accuracy "
+        s = (f"{self.checkpoint.name}: {self.headline()}: video accuracy {100*m['video_acc']:.2f}%, clip accuracy "
              f"{100*m['acc']:.2f}% ({self.clips} clips per video" + (f", {m['videos']} videos" if m.get("videos") else "") +
              f"), loss {m['loss']:.4f}")
         if "top5" in m: s += f", top-5 {100*m['top5']:.2f}%"
@@ -794,7 +796,7 @@ def evaluate_run(run_dir, checkpoint:str="best", clips:int|None=None, data=None,
         label = saved.path.name + (f" on the {_SET_WORDS[on]} set" if both and on == "val" else "")
         sets[on] = None if samples is None else _evaluate_set(cfg, model, samples, K, dev, B, workers, run, label, say, echo)
     on = "test" if sets.get("test") is not None else "val"
-    res = EvalResult(sets, names, saved.path, K, saved.chosen_on, on, cfg.protocol, saved.note)
+    res = EvalResult(sets, names, saved.path, K, saved.chosen_on, on, cfg.protocol, saved.note, checkpoint == "best")
     if is_main():                                         # process 0 writes the files
         info = {**res.to_json(), "epoch": int(saved.state["epoch"]), "step_in_epoch": int(saved.state["step_in_epoch"])}
         if checkpoint == "best":                          # the epoch this evaluation stands for (`evaluated`)
