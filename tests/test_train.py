@@ -184,3 +184,23 @@ def test_last_epoch_protocol_and_a_folder_test_set(small_data, tmp_path):
     r = run_cli("eval", "--run-dir", run, "--clips", "1")                               # the same format, from the CLI
     assert r.returncode == 0 and "protocol last-epoch" in r.stdout, r.stderr[-2000:]
     assert json.loads((run / "eval.json").read_text())["test"] == ev["test"]
+
+
+def test_a_broken_test_video_is_known_at_the_start(small_data, tmp_path):
+    "The probing pass covers the test set too: with --strict a test video that does not decode refuses the start, one line."
+    import os
+    from conftest import cli_in_process, one_line
+    from har_colab.build import build_sets
+    from har_colab.config import TrainConfig, resolve_config
+    data = tmp_path / "data"
+    for c in sorted(p for p in small_data.iterdir() if p.is_dir()):
+        (data / c.name).mkdir(parents=True)
+        for f in sorted(c.glob("*.mp4")): os.symlink(f, data / c.name / f.name)
+    flags = ("--test-fraction", "0.25")
+    _, _, test = build_sets(resolve_config(TrainConfig(data=str(data), model="tiny3d", pretrained=False, test_fraction=0.25)))
+    broken = test.paths[0]
+    os.unlink(broken); open(broken, "wb").write(b"not a video")
+    r = cli_in_process("train", "--run-dir", tmp_path / "run", "--data", data, "--model", "tiny3d", "--no-pretrained",
+                       "--workers", "0", "--no-progress", "--strict", *flags)
+    one_line(r, "do not decode", os.path.basename(broken))
+    assert not (tmp_path / "run").exists()
