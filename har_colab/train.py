@@ -727,8 +727,8 @@ class EvalResult:
     def summary(self) -> str:
         m = self.metrics
         s = (f"{self.checkpoint.name}: {self.headline()}: video accuracy {100*m['video_acc']:.2f}%, clip accuracy "
-             f"{100*m['acc']:.2f}% ({self.clips} clips per video" + (f", {m['videos']} videos" if m.get("videos") else "") +
-             f"), loss {m['loss']:.4f}")
+             f"{100*m['acc']:.2f}% ({self.clips} clips per video)" + (f", {m['videos']} videos" if m.get("videos") else "") +
+             f", loss {m['loss']:.4f}")
         if "top5" in m: s += f", top-5 {100*m['top5']:.2f}%"
         other = self.sets.get("val") if self.reported_on == "test" else None
         if other: s += f"; validation video accuracy {100*other['video_acc']:.2f}%"
