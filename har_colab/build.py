@@ -19,7 +19,7 @@ from torch import nn
 
 from .core import ConfigError, DataError, HarError, RunFolderError
 from .distributed import from_main, gather_objects, is_main, shard
-from .datasets import ProbeResult, Samples, _first_bad, load_samples, probe_videos, subset, train_val_split
+from .datasets import ProbeResult, Samples, _first_bad, hold_out, load_samples, probe_videos, subset
 from .cache import ClipCache
 from .env import in_colab, in_notebook
 from .clips import ClipDataset
@@ -28,34 +28,57 @@ from .models import LoadReport, create_model, get_spec, load_report, set_head_dr
 from .checkpoint import (CheckpointError, RunFolder, RunLock, _progress_or_none, checkpoint_candidates,
                                   checkpoint_progress, fallback_folder, fallback_pending, find_checkpoint, first_sentence,
                                   load_checkpoint)
-from .config import TrainConfig, apply_recipe, config_diff, config_from_dict, keep_recipe
+from .config import DEFAULT_VAL_VIDEOS, TrainConfig, apply_recipe, config_diff, config_from_dict, keep_recipe
 
 # %% auto #0
-__all__ = ['INIT_MIN_SHARE', 'CPU_MODELS', 'build_samples', 'samples_from_saved', 'build_model', 'init_state', 'init_from',
-           'build_cache', 'clip_dataset', 'gpu_decode_device', 'SavedRun', 'run_folder', 'checkpoint_path',
-           'best_epoch', 'best_checkpoint', 'load_run', 'RunStart', 'probe_run_videos', 'open_run', 'run_video_sizes',
-           'cpu_step_seconds', 'colab_without_gpu', 'check_colab_gpu']
+__all__ = ['INIT_MIN_SHARE', 'CPU_MODELS', 'build_samples', 'build_sets', 'lone_classes', 'samples_from_saved', 'chosen_on',
+           'eval_sets', 'build_model', 'init_state', 'init_from', 'build_cache', 'clip_dataset', 'gpu_decode_device',
+           'SavedRun', 'run_folder', 'checkpoint_path', 'best_epoch', 'best_checkpoint', 'load_run', 'RunStart',
+           'probe_run_videos', 'open_run', 'run_video_sizes', 'cpu_step_seconds', 'colab_without_gpu',
+           'check_colab_gpu']
 
 # %% ../nbs/35_build.ipynb #67fa4bc0
 def build_samples(cfg:TrainConfig) -> tuple:
-    "(train, val) `Samples` for `cfg`."
+    "(train, val) `Samples` for `cfg` (`build_sets` gives the test set too)."
+    return build_sets(cfg)[:2]
+
+def build_sets(cfg:TrainConfig) -> tuple:
+    """(train, val, test) `Samples` for `cfg`: val None under protocol last-epoch, test None for a folder dataset without
+    `test_fraction`. hmdb51/ucf101: val is about `val_videos` per class of the official training list (whole recordings),
+    test the official test split; `subset` then takes its share of each class's training list from what val left."""
     if Path(cfg.data).expanduser().is_file():
         raise DataError(f"--data {cfg.data} is a file; --data wants the dataset's folder (for --format folder: the folder "
                         "that holds one sub-folder of videos per class), not a video or an archive (har-colab prepare extracts one)")
+    last, of = cfg.protocol == "last-epoch", None
     if cfg.format == "folder":
-        train, val = train_val_split(load_samples("folder", cfg.data, group_pattern=cfg.group_pattern),
-                                     cfg.val_fraction, cfg.seed)
+        full = load_samples("folder", cfg.data, group_pattern=cfg.group_pattern)
+        n = full.counts()
+        rest, test = hold_out(full, [cfg.test_fraction * k for k in n], cfg.seed, "test") if cfg.test_fraction else (full, None)
+        train, val = (rest, None) if last else hold_out(rest, [cfg.val_fraction * k for k in n], cfg.seed, "val")
+        if test is not None and len(test) == 0:
+            raise DataError("the test set is empty: every class has a single video (or source recording), which training "
+                            "keeps, so --test-fraction cannot help; add videos (at least 2 recordings per class)")
     else:
-        train = load_samples(cfg.format, cfg.data, cfg.splits, cfg.split, "train")
-        val = load_samples(cfg.format, cfg.data, cfg.splits, cfg.split, "test")
-    if cfg.subset < 1: train = subset(train, cfg.subset, cfg.seed)
+        full = load_samples(cfg.format, cfg.data, cfg.splits, cfg.split, "train")
+        test = load_samples(cfg.format, cfg.data, cfg.splits, cfg.split, "test")
+        per_class = cfg.val_videos if cfg.val_videos is not None else DEFAULT_VAL_VIDEOS
+        train, val = (full, None) if last else hold_out(full, [per_class] * full.num_classes, cfg.seed, "val")
+        of = full.counts()                                # --subset: a share of each class's whole training list
+    if cfg.subset < 1: train = subset(train, cfg.subset, cfg.seed, of=of)
     if val is not None and len(val) == 0: raise DataError(_empty_val(cfg, train))
-    return train, val
+    return train, val, test
+
+def lone_classes(train:Samples, held:Samples|None) -> list:
+    "Classes with training videos and none in `held` (their videos are one recording, which training keeps)."
+    if held is None: return []
+    return [c for c, a, b in zip(train.class_names, train.counts(), held.counts()) if a and not b]
 
 def _empty_val(cfg:TrainConfig, train:Samples) -> str:
     "Why the validation set is empty, and the fix that can help."
     if cfg.format != "folder":
-        return f"the {cfg.format} test split {cfg.split} has no video; check the split files (--splits) and --split"
+        return (f"no validation set can be carved from the {cfg.format} training list: each class's training videos are one "
+                "source recording, which training keeps (clips of one recording on both sides would flatter validation); "
+                "use --protocol last-epoch (no validation set, the last epoch reported on the test split)")
     if cfg.val_fraction == 0: return "the validation set is empty (val_fraction=0); use --val-fraction 0.2"
     return ("the validation set is empty: every class has a single video (or source recording), which training keeps, "
             "so --val-fraction cannot help; add videos (at least 2 per class)")
@@ -64,19 +87,33 @@ def samples_from_saved(d:dict, data_root,
                        missing_ok:bool=False,  # drop videos deleted since (`--force-resume`) instead of refusing
                        log=None,               # told what was dropped
                        fix:str|None=None) -> tuple:  # the refusal's fix (default: training's, --data or --force-resume)
-    "(train, val) rebuilt from a saved `{'train':..., 'val':...}` against the current data root."
-    tr, va = Samples.from_dict(d["train"], data_root), Samples.from_dict(d["val"], data_root)
-    missing = [p for p in tr.paths + va.paths if not Path(p).exists()]
+    """(train, val, test) rebuilt from a saved `{'train':..., 'val':..., 'test':...}` against the current data root; val and
+    test are None where the run has none (a run from before the test set has no 'test': see `chosen_on`)."""
+    tr, va, te = (Samples.from_dict(d[k], data_root) if d.get(k) is not None else None for k in ("train", "val", "test"))
+    missing = [p for s in (tr, va, te) if s is not None for p in s.paths if not Path(p).exists()]
     if missing and not missing_ok:
         fix = fix or "point --data at the same dataset the run started with, or add --force-resume to continue without them"
         raise DataError(f"{len(missing)} videos of this run are missing under {data_root} (e.g. {missing[0]}); {fix}")
     if missing:
         gone = set(missing)
-        tr, va = (s.select(i for i, p in enumerate(s.paths) if p not in gone) for s in (tr, va))
+        tr, va, te = (None if s is None else s.select(i for i, p in enumerate(s.paths) if p not in gone) for s in (tr, va, te))
         if log is not None: log(f"resuming without {len(missing)} videos deleted since the run started (--force-resume), "
-                                f"e.g. {missing[0]}; {len(tr)} train / {len(va)} val videos remain")
-        if not len(va): raise DataError(f"every validation video of this run is missing under {data_root}; point --data at the dataset the run started with")
-    return tr, va
+                                f"e.g. {missing[0]}; {len(tr)} train / {len(va or [])} val / {len(te or [])} test videos remain")
+        for s, what in ((va, "validation"), (te, "test")):
+            if s is not None and not len(s):
+                raise DataError(f"every {what} video of this run is missing under {data_root}; point --data at the dataset the run started with")
+    return tr, va, te
+
+def chosen_on(cfg:TrainConfig, samples:dict) -> str:
+    """What best.pt of a run with `cfg` and saved `samples` is chosen on: 'last-epoch' (no choice), 'test' (an hmdb51/ucf101
+    run from before validation was carved from the training list: its validation set is the official test split), else 'val'."""
+    if cfg.protocol == "last-epoch": return "last-epoch"
+    return "test" if "test" not in samples and cfg.format in ("hmdb51", "ucf101") else "val"
+
+def eval_sets(cfg:TrainConfig, samples:dict, val:Samples|None, test:Samples|None) -> dict:
+    "{'val', 'test'}: the `Samples` a final evaluation runs on (None where the run has no such set), named by what they are."
+    if chosen_on(cfg, samples) == "test": return {"val": None, "test": val}    # an old run: its 'val' IS the test split
+    return {"val": val, "test": test}
 
 # %% ../nbs/35_build.ipynb #1efa71d0
 def build_model(cfg:TrainConfig, num_classes:int, pretrained:bool|None=None) -> nn.Module:
@@ -210,10 +247,16 @@ class SavedRun:
     state: dict           # what `load_checkpoint` returned
     config: TrainConfig   # the run's resolved config (with `data` pointing where the videos are now)
     train: Samples|None   # None when loaded with samples=False
-    val: Samples|None
+    val: Samples|None     # the per-epoch validation set (None: protocol last-epoch)
     note: str = ""        # why another checkpoint stands in for best.pt (it does not load), else ''
+    test: Samples|None = None   # the test set the result is reported on (None: a folder run without one, or a run from before)
     @property
     def class_names(self) -> list: return list(self.state["class_names"])
+    @property
+    def chosen_on(self) -> str: return chosen_on(self.config, self.state.get("samples") or {})
+    def eval_sets(self) -> dict:
+        "{'val', 'test'}: the `Samples` of each set the final evaluation reports (`eval_sets`)."
+        return eval_sets(self.config, self.state.get("samples") or {}, self.val, self.test)
     @property
     def spec(self): return get_spec(self.config.model)
     def model(self, device="cpu") -> nn.Module:
@@ -254,7 +297,11 @@ def best_epoch(run:RunFolder) -> int|None:
     quiet = RunFolder(run.root, None if run.fallback is None else run.fallback.root)
     quiet.log = lambda message, echo=None: None                   # looking never writes to the folder
     state, _ = find_checkpoint(quiet, mmap=True)
-    rows = [h for h in (state or {}).get("history", []) if "val_acc" in h]
+    history = (state or {}).get("history", [])
+    config = (state or {}).get("config")
+    if isinstance(config, dict) and config.get("protocol") == "last-epoch":   # no choice: best.pt is the newest epoch's
+        return int(history[-1]["epoch"]) if history else None
+    rows = [h for h in history if "val_acc" in h]
     return int(max(rows, key=lambda h: h["val_acc"])["epoch"]) if rows else None
 
 def best_checkpoint(run:RunFolder,
@@ -293,8 +340,8 @@ def load_run(run_dir, checkpoint:str="best", data=None,
     cfg = config_from_dict(state["config"])
     if data: cfg.data = str(data)
     fix = "the dataset moved? pass --data with the folder that holds it now"
-    train, val = samples_from_saved(state["samples"], cfg.data, fix=fix) if samples else (None, None)
-    return SavedRun(path, state, cfg, train, val, note)
+    train, val, test = samples_from_saved(state["samples"], cfg.data, fix=fix) if samples else (None, None, None)
+    return SavedRun(path, state, cfg, train, val, note, test)
 
 # %% ../nbs/35_build.ipynb #4f0b6a02
 def _has_history(run:RunFolder) -> int:
@@ -342,10 +389,17 @@ class RunStart:
     state: dict|None      # the checkpoint, or None for a new run
     path: Path|None       # its file (in the run folder or its fallback folder)
     train: Samples
-    val: Samples
+    val: Samples|None     # None: protocol last-epoch
     created: bool = False # the run folder did not exist: removed again when the start is refused
     committed: bool = False
     probe: ProbeResult|None = None   # a new run's probing pass: RUN/probe.json once committed
+    test: Samples|None = None        # the test set (None: a folder run without --test-fraction, or a run from before)
+    def samples(self) -> dict:
+        "What samples.json and the checkpoints hold: {'train', 'val', 'test'} (a run from before keeps its own keys)."
+        d = {"train": self.train.to_dict(), "val": None if self.val is None else self.val.to_dict(),
+             "test": None if self.test is None else self.test.to_dict()}
+        if self.state is not None and "test" not in (self.state.get("samples") or {}): d.pop("test")   # an old run stays one
+        return d
     def commit(self, cfg:TrainConfig, samples:dict, message:str, echo=print):
         "The start checks passed: write config.json, samples.json, the held log and `message` (process 0)."
         run = self.run
@@ -428,19 +482,26 @@ def open_run(cfg:TrainConfig, echo=print,
                                  f"over here (the old files move to {run.root.name}-old-<date>)")
         if state is not None:
             keep_recipe(cfg, raw, state["config"])                # the choices the run started with
+            if cfg.val_videos is None: cfg.val_videos = state["config"].get("val_videos")   # unset: the run's own
             diff = config_diff(state["config"], cfg.to_dict())
             if diff and not cfg.force_resume:
                 shown = ", ".join(f"{k}: {state['config'].get(k)!r} -> {cfg.to_dict().get(k)!r}" for k in diff[:4])
                 raise ConfigError(f"{run.root} holds a run with other settings ({shown}); use a new --run-dir to start "
                                   "a new run, or --force-resume to continue anyway")
             if diff: run.log(f"resuming despite changed settings: {', '.join(diff)}", echo)
-            train, val = samples_from_saved(state["samples"], cfg.data, cfg.force_resume, lambda m: run.log(m, echo))
+            train, val, test = samples_from_saved(state["samples"], cfg.data, cfg.force_resume, lambda m: run.log(m, echo))
             note = _new_classes(cfg, list(state["class_names"]), run)
             if note: run.log(note, echo)
         else:
-            train, val = build_samples(cfg)
-            start.probe = probe_run_videos(cfg, train.paths + val.paths)
-            train, val = _leave_out_unreadable(cfg, start.probe, train, val, run, echo)
+            if cfg.val_videos is None and cfg.protocol == "best-val" and cfg.format != "folder":
+                cfg.val_videos = DEFAULT_VAL_VIDEOS                # config.json keeps the number the run started with
+            train, val, test = build_sets(cfg)
+            start.probe = probe_run_videos(cfg, [p for s in (train, val, test) if s is not None for p in s.paths])
+            train, val, test = _leave_out_unreadable(cfg, start.probe, train, val, test, run, echo)
+            for held, what in ((val, "validation"), (test, "test")):
+                lone = lone_classes(train, held)
+                if lone: run.log(f"no {what} videos for {len(lone)} classes ({', '.join(lone[:5])}{' ...' if len(lone) > 5 else ''}): "
+                                 f"their training videos are one source recording, which training keeps", echo)
             line = apply_recipe(cfg, raw, train.counts())
             if line: run.log(line, echo)
         if state is not None and lock is not None and lock.held and _copy_back_due(run, path):
@@ -448,20 +509,22 @@ def open_run(cfg:TrainConfig, echo=print,
             if run.copy_back(): run.release_log(); run.hold_log()   # every start, trained further or not
     except BaseException:
         start.close(); raise
-    start.state, start.path, start.train, start.val = state, path, train, val
+    start.state, start.path, start.train, start.val, start.test = state, path, train, val, test
     return start
 
-def _leave_out_unreadable(cfg:TrainConfig, probe:ProbeResult, train:Samples, val:Samples, run:RunFolder, echo) -> tuple:
-    "(train, val) without the videos the probing pass could not decode, each logged; with `cfg.strict` a refusal instead."
+def _leave_out_unreadable(cfg:TrainConfig, probe:ProbeResult, train:Samples, val:Samples|None, test:Samples|None,
+                          run:RunFolder, echo) -> tuple:
+    "(train, val, test) without the videos the probing pass could not decode, each logged; with `cfg.strict` a refusal instead."
     bad = probe.bad
     if bad and cfg.strict:
         raise DataError(f"{len(bad)} of {len(probe.info)} videos do not decode: {_first_bad(bad)}; remove or replace them, or "
                         "run without --strict to leave them out")
     for p, e in bad.items(): run.log(f"left out unreadable video {p}: {e}")
     run.log(probe.summary(), echo)
-    train, val = probe.keep(train), probe.keep(val)
-    if not len(val): raise DataError(f"no validation video decodes ({_first_bad(bad)}); check the files, or the --backend")
-    return train, val
+    train, val, test = (None if s is None else probe.keep(s) for s in (train, val, test))
+    for s, what in ((val, "validation"), (test, "test")):
+        if s is not None and not len(s): raise DataError(f"no {what} video decodes ({_first_bad(bad)}); check the files, or the --backend")
+    return train, val, test
 
 def _probe_key(path, root:Path) -> str:
     "A video's key in probe.json: its path relative to the dataset `root` (resolved), else the path as given."
@@ -537,7 +600,7 @@ def colab_without_gpu(cfg:TrainConfig, cli:bool=False) -> str|None:
     if not in_colab() or cfg.device not in ("auto", "", None) or cfg.model in CPU_MODELS or torch.cuda.is_available():
         return None
     try:
-        train, _ = build_samples(cfg)
+        train = build_samples(cfg)[0]
         clips = len(train)
         if cfg.max_steps_per_epoch: clips = min(clips, cfg.max_steps_per_epoch * cfg.batch_size)
     except HarError: train, clips = None, None

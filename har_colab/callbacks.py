@@ -25,12 +25,12 @@ __all__ = ['TENSORBOARD_TAGS', 'format_epoch', 'ProgressCallback', 'metrics_csv'
            'SignalCallback', 'default_callbacks']
 
 # %% ../nbs/41_callbacks.ipynb #97f04f11
-def format_epoch(row:dict, epochs:int) -> str:
+def format_epoch(row:dict, epochs:int, has_val:bool=True) -> str:   # has_val: the run has a validation set
     "One summary line for an epoch's metrics row."
     s = f"epoch {row['epoch']}/{epochs}  train_loss {row['train_loss']:.4f}  train_acc {100*row['train_acc']:.1f}%  "
     if "val_acc" in row:
         s += f"val_loss {row['val_loss']:.4f}  val_acc {100*row['val_acc']:.1f}%  video_acc {100*row['val_video_acc']:.1f}%"
-    else: s += "(no validation this epoch: --val-every)"
+    else: s += "(no validation this epoch: --val-every)" if has_val else "(no validation set: protocol last-epoch)"
     if "val_top5" in row: s += f"  top5 {100*row['val_top5']:.1f}%"
     s += f"  lr {row['lr']:.2e}  {row['epoch_seconds']:.0f}s"
     share = input_bound(row)
@@ -54,7 +54,7 @@ class ProgressCallback(Callback):
     def _close(self):
         if self.bar is not None: self.bar.close(); self.bar = None
     def after_train(self, t): self._close()
-    def after_validate(self, t): t.echo(format_epoch(t.last_metrics, t.cfg.epochs))
+    def after_validate(self, t): t.echo(format_epoch(t.last_metrics, t.cfg.epochs, t.val_ds is not None))
     def after_fit(self, t): self._close()
 
 # %% ../nbs/41_callbacks.ipynb #0ca1cf5b
@@ -100,11 +100,12 @@ class CheckpointCallback(Callback):
             self._save(t, t.run.last, f"epoch {t.epoch + 1} step {t.step_in_epoch}/{t.steps_per_epoch}")
     def after_epoch(self, t):
         n, run, keep = t.epoch, t.run, self.keep
-        best = t.best_val_acc if getattr(t, "improved", False) else None
+        improved, best = getattr(t, "improved", False), t.best_val_acc
         def then(folder):
-            if best is not None: run.log(f"best val_acc {100*best:.2f}% -> checkpoints/best.pt")
+            if improved: run.log(f"best val_acc {100*best:.2f}% -> checkpoints/best.pt" if best is not None else
+                                 f"epoch {n} -> checkpoints/best.pt (protocol last-epoch: the newest epoch, no selection)")
             prune_epoch_checkpoints(folder, keep, current=n)
-        self._save(t, run.epoch_checkpoint(n), f"end of epoch {n}", then, links=[run.last], copies=[run.best] if best is not None else [])
+        self._save(t, run.epoch_checkpoint(n), f"end of epoch {n}", then, links=[run.last], copies=[run.best] if improved else [])
     def on_stop(self, t):
         self._save(t, t.run.last, f"stopped at epoch {t.epoch + 1} step {t.step_in_epoch}/{t.steps_per_epoch}")
         self.writer.wait()

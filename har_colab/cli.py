@@ -73,7 +73,8 @@ def build_parser() -> argparse.ArgumentParser:
     _add_config_flags(t)
     pl = sub.add_parser("plot", help="redraw curves.png from a run's metrics.csv")
     pl.add_argument("--run-dir", required=True, help="run folder")
-    e = sub.add_parser("eval", help="clip- and video-level accuracy of a run's checkpoint, confusion matrix")
+    e = sub.add_parser("eval", help="clip- and video-level accuracy of a run's checkpoint on its test and validation sets, "
+                       "confusion matrix")
     e.add_argument("--run-dir", required=True, help="run folder")
     e.add_argument("--checkpoint", default="best", help="best, last, or a path (default: best)")
     e.add_argument("--clips", type=_at_least(1, "clips per video"), default=None, help="clips per video (default: the run's eval_clips)")
@@ -153,13 +154,14 @@ def _run_fit(cfg, chance_classes=None) -> int:
     barrier(); cleanup()              # under torchrun: every process leaves the job together (only process 0 prints)
     if not main: return 3 if res.status == "stopped" else 0
     validated = [h for h in res.history if "val_acc" in h]
-    if validated:
-        f, n = validated[-1], chance_classes or len(res.trainer.class_names)
-        ev = res.evaluation
-        final = (f", final evaluation of {ev.checkpoint.name}: video accuracy {100*ev.metrics['val_video_acc']:.1f}% "
+    ev, n = res.evaluation, chance_classes or (len(res.trainer.class_names) if res.trainer is not None else None)
+    if validated or ev is not None:
+        per_epoch = (f", val_acc {100*validated[-1]['val_acc']:.1f}% (video {100*validated[-1]['val_video_acc']:.1f}%), "
+                     f"best {100*res.best_val_acc:.1f}%") if validated else ", no validation set (protocol last-epoch)"
+        final = (f"; {ev.checkpoint.name}, {ev.headline()}: video accuracy {100*ev.metrics['video_acc']:.1f}% "
                  f"({ev.clips} clips per video)") if ev is not None else ""
-        print(f"summary: {len(res.history)} epochs, val_acc {100*f['val_acc']:.1f}% (video {100*f['val_video_acc']:.1f}%), "
-              f"best {100*res.best_val_acc:.1f}%{final}, chance {100/n:.1f}%; run folder {res.run_dir}")
+        print(f"summary: {len(res.history)} epochs{per_epoch}{final}" + (f", chance {100/n:.1f}%" if n else "") +
+              f"; run folder {res.run_dir}")
     run = getattr(res.trainer, "run", None)
     if run is not None and run.degraded and res.evaluation is None:   # (the final evaluation says it when it runs)
         print(f"the run folder {run.root} does not answer: its newest files are in {run.fallback.root}, and the next run of "

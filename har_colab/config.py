@@ -13,8 +13,8 @@ from .datasets import group_pattern_regex
 from .models import check_available, get_spec
 
 # %% auto #0
-__all__ = ['MAY_CHANGE_ON_RESUME', 'LEGACY', 'RECIPE_FIELDS', 'TrainConfig', 'resolve_config', 'config_diff', 'config_from_dict',
-           'check_batch_size', 'apply_recipe', 'keep_recipe']
+__all__ = ['MAY_CHANGE_ON_RESUME', 'LEGACY', 'DEFAULT_VAL_VIDEOS', 'RECIPE_FIELDS', 'TrainConfig', 'resolve_config',
+           'config_diff', 'config_from_dict', 'check_batch_size', 'apply_recipe', 'keep_recipe']
 
 # %% ../nbs/31_config.ipynb #6a649bf4
 def _f(default, help, **kw): return field(default=default, metadata={"help": help, **kw})
@@ -28,7 +28,14 @@ class TrainConfig:
     splits: str = _f(None, "folder of the official split files (hmdb51 / ucf101); default: looked up beside the data")
     split: int = _f(1, "official split number (1..3)")
     subset: float = _f(1.0, "fraction of each class's training videos to use (stratified, seeded), e.g. 0.1")
-    val_fraction: float = _f(0.2, "held-out fraction per class when the format has no test split (folder)")
+    protocol: str = _f("best-val", "best-val: per-epoch validation chooses best.pt, the final evaluation reports it on the "
+                       "test set; last-epoch: no validation set (training uses every training video), best.pt is the last "
+                       "epoch's, reported on the test set", choices=("best-val", "last-epoch"))
+    val_videos: int = _f(None, "hmdb51/ucf101: validation videos per class carved from the official training list, whole source "
+                         "recordings, about this many (default: 10 at the start of a run; config.json keeps it)")
+    val_fraction: float = _f(0.2, "folder: share of each class's videos held out for validation (whole recordings)")
+    test_fraction: float = _f(0.0, "folder: share of each class's videos held out as a test set (whole recordings, carved before "
+                              "validation; 0: no test set, the reported accuracy is the one best.pt was chosen on)")
     group_pattern: str = _f(None, "which clips are one recording, kept on one side of the train/val split (folder): a regular "
                             "expression searched in each file name without extension, its first group (else the whole match) "
                             r"the recording, e.g. '^(cam\d+_take\d+)'; a file it does not match is its own recording. "
@@ -108,7 +115,33 @@ MAY_CHANGE_ON_RESUME = {"run_dir", "data", "splits", "weights_dir", "epochs", "w
                         "cache_dir", "cache_max_gb",
                         "save_every_minutes", "time_budget_minutes", "keep", "force_resume", "restart", "fallback_dir", "progress", "plot",
                         "tensorboard", "grad_checkpoint", "deterministic", "val_every", "recipe"}   # recipe: its choices are compared
-LEGACY = {"train_clips": 1, "head_dropout": 0.0, "init": None, "mixup": 0.0, "cutmix": 0.0}   # before these fields existed
+LEGACY = {"train_clips": 1, "head_dropout": 0.0, "init": None, "mixup": 0.0, "cutmix": 0.0,   # before these fields existed
+          "protocol": "best-val", "val_videos": None, "test_fraction": 0.0}
+DEFAULT_VAL_VIDEOS = 10   # validation videos per class from an official training list (`val_videos` unset at a run's start)
+
+def _check_sets(cfg:TrainConfig):
+    "The three sets' settings together: one line naming what does not fit and the fix."
+    official = cfg.format in ("hmdb51", "ucf101")
+    if cfg.val_videos is not None and cfg.val_videos < 1:
+        raise ConfigError(f"val_videos={cfg.val_videos}; it must be >= 1 (about that many validation videos per class), or "
+                          "use --protocol last-epoch for no validation set")
+    if not 0 <= cfg.test_fraction < 1: raise ConfigError(f"test_fraction={cfg.test_fraction!r}; it must be in [0, 1), e.g. 0.2")
+    if cfg.val_videos is not None and not official:
+        raise ConfigError(f"val_videos is for --format hmdb51/ucf101 (validation from the official training list); "
+                          f"--format {cfg.format} holds out validation with --val-fraction")
+    if cfg.test_fraction and official:
+        raise ConfigError(f"test_fraction is for --format folder; {cfg.format} reports on its official test split "
+                          f"{cfg.split}: drop --test-fraction")
+    if cfg.protocol == "last-epoch":
+        if cfg.val_videos is not None:
+            raise ConfigError("--protocol last-epoch has no validation set, and val_videos sets one; drop --val-videos, or "
+                              "use --protocol best-val")
+        if not official and not cfg.test_fraction:
+            raise ConfigError("--protocol last-epoch reports the last epoch on a test set, and this folder dataset has none: "
+                              "add --test-fraction 0.2, or use --protocol best-val")
+    elif not official and cfg.test_fraction + cfg.val_fraction >= 1:
+        raise ConfigError(f"test_fraction {cfg.test_fraction} + val_fraction {cfg.val_fraction} leave no training videos; "
+                          "keep their sum below 1, e.g. --test-fraction 0.2 --val-fraction 0.2")
 
 def resolve_config(cfg:TrainConfig) -> TrainConfig:
     "Fill the spec's defaults (lr, optimizer, frames) and check every value; `ConfigError` names the bad one."
@@ -141,6 +174,7 @@ def resolve_config(cfg:TrainConfig) -> TrainConfig:
     for name, ok, want in checks:
         if not ok: raise ConfigError(f"{name}={getattr(cfg, name)!r}; it must be {want}")
     if cfg.group_pattern is not None: group_pattern_regex(cfg.group_pattern)     # a bad regex: one line, before anything runs
+    _check_sets(cfg)
     if cfg.decode_device == "cuda" and cfg.cache == "local":
         raise ConfigError("cache='local' stores CPU-decoded clips and decode_device='cuda' decodes on the GPU: "
                           "use one (--cache none, or --decode-device cpu)")

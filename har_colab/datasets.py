@@ -18,7 +18,7 @@ from .core import ConfigError, DataError, derive_seed
 # %% auto #0
 __all__ = ['VIDEO_EXTENSIONS', 'RECORDING_PATTERNS', 'LOADERS', 'HMDB51_TAGS', 'Samples', 'group_pattern_regex', 'recording_id',
            'source_group', 'load_folder', 'load_samples', 'find_splits', 'has_split_files', 'hmdb51_group',
-           'load_hmdb51', 'load_ucf101', 'subset', 'train_val_split', 'ProbeResult', 'probe_videos']
+           'load_hmdb51', 'load_ucf101', 'subset', 'hold_out', 'train_val_split', 'ProbeResult', 'probe_videos']
 
 # %% ../nbs/11_datasets.ipynb #9f5f601e
 VIDEO_EXTENSIONS = (".mp4", ".avi", ".mkv", ".mov", ".webm", ".m4v", ".mpg", ".mpeg", ".wmv", ".flv", ".3gp")
@@ -273,36 +273,51 @@ LOADERS["ucf101"] = load_ucf101
 # %% ../nbs/11_datasets.ipynb #8b5a244e
 def _rng(*parts): return np.random.Generator(np.random.PCG64(derive_seed(*parts)))
 
-def subset(samples:Samples, fraction:float, seed:int=0) -> Samples:
-    "A stratified `fraction` of `samples` (every class keeps at least one video), deterministic for `seed`."
+def _take_groups(samples:Samples, idx:list, target:float, seed_parts:tuple, keep:int=0) -> set:
+    """Whole recordings (`samples.groups`) of the class videos `idx`, drawn in a seeded order over their sorted names until
+    about `target` videos (a recording that would overshoot by half is passed over); `keep` recordings are never taken."""
+    groups = sorted({samples.groups[i] for i in idx})
+    order = _rng(*seed_parts).permutation(len(groups))
+    n, taken = 0, set()
+    for j in order:
+        if n >= target - 1e-9 or len(taken) >= len(groups) - keep: break
+        g = groups[j]; size = sum(samples.groups[i] == g for i in idx)
+        if n and n + size > target * 1.5: continue
+        taken.add(g); n += size
+    return taken
+
+def subset(samples:Samples, fraction:float, seed:int=0,
+           of:list|None=None) -> Samples:   # per-class video counts the fraction is of (default: those of `samples`)
+    """A stratified `fraction` of `samples` by whole recordings (every class keeps at least one video), deterministic for
+    `seed`: k = max(1, round(fraction * count)) videos per class, about k where recordings hold several clips."""
     if not 0 < fraction <= 1: raise DataError(f"subset fraction {fraction} must be in (0, 1]; e.g. 0.1 for 10%")
-    if fraction == 1: return samples.select(range(len(samples)))
-    keep = []
+    if fraction == 1 and of is None: return samples.select(range(len(samples)))
+    of, keep = of or samples.counts(), []
     for c in range(samples.num_classes):
         idx = sorted((i for i, l in enumerate(samples.labels) if l == c), key=lambda i: samples.paths[i])
         if not idx: continue
-        k = max(1, int(round(fraction * len(idx))))
-        order = _rng(seed, "subset", samples.class_names[c]).permutation(len(idx))
-        keep += [idx[j] for j in order[:k]]
+        taken = _take_groups(samples, idx, max(1, int(round(fraction * of[c]))), (seed, "subset", samples.class_names[c]))
+        keep += [i for i in idx if samples.groups[i] in taken]
     return samples.select(sorted(keep))
 
+
 # %% ../nbs/11_datasets.ipynb #18753478
+def hold_out(samples:Samples, per_class:list, seed:int=0,
+             tag:str="val") -> tuple:   # names the draw: 'val' and 'test' hold out different recordings
+    """(rest, held) `Samples`: about `per_class[c]` videos of each class c held out as whole recordings (`Samples.groups`),
+    at least one recording when the target is above 0, and every class keeps at least one recording in `rest`."""
+    rest, held = [], []
+    for c in range(samples.num_classes):
+        idx = [i for i, l in enumerate(samples.labels) if l == c]
+        taken = _take_groups(samples, idx, per_class[c], (seed, tag, samples.class_names[c]), keep=1)
+        for i in idx: (held if samples.groups[i] in taken else rest).append(i)
+    return samples.select(sorted(rest)), samples.select(sorted(held))
+
 def train_val_split(samples:Samples, val_fraction:float=0.2, seed:int=0) -> tuple:
     "(train, val) `Samples`, stratified per class and grouped by source recording."
     if not 0 <= val_fraction < 1: raise DataError(f"val_fraction {val_fraction} must be in [0, 1)")
-    tr, va = [], []
-    for c in range(samples.num_classes):
-        idx = [i for i, l in enumerate(samples.labels) if l == c]
-        groups = sorted({samples.groups[i] for i in idx})
-        order = _rng(seed, "val", samples.class_names[c]).permutation(len(groups))
-        target, n_val, val_groups = val_fraction * len(idx), 0, set()
-        for j in order:
-            if n_val >= target - 1e-9 or len(val_groups) >= len(groups) - 1: break
-            g = groups[j]; size = sum(samples.groups[i] == g for i in idx)
-            if n_val and n_val + size > target * 1.5: continue
-            val_groups.add(g); n_val += size
-        for i in idx: (va if samples.groups[i] in val_groups else tr).append(i)
-    return samples.select(sorted(tr)), samples.select(sorted(va))
+    return hold_out(samples, [val_fraction * n for n in samples.counts()], seed, "val")
+
 
 # %% ../nbs/11_datasets.ipynb #7775f3ef
 @dataclass

@@ -27,7 +27,7 @@ from .clips import ClipDataset
 from .models import LoadReport, count_parameters, create_model, get_spec, load_report
 from .events import Callback
 from .config import TrainConfig, apply_recipe, check_batch_size, resolve_config
-from .build import build_model, build_samples, clip_dataset, init_from
+from .build import build_model, build_sets, clip_dataset, init_from
 from .plots import input_bound
 from .env import in_colab
 
@@ -738,7 +738,8 @@ def doctor(config:TrainConfig, run_dir=None, checks=None, *, samples_override=No
     seed_everything(cfg.seed)
     device = resolve_device(cfg.device)
     spec = get_spec(cfg.model)
-    train, val = samples_override if samples_override is not None else build_samples(cfg)
+    train, val, *test = samples_override if samples_override is not None else build_sets(cfg)
+    if val is None: val = test[0] if test else None       # protocol last-epoch: the held-out set is the test set
     C = len(train.class_names)
     recipe = apply_recipe(cfg, config, train.counts())       # what fit would choose for these videos
     if recipe: say(recipe)

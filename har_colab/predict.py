@@ -247,7 +247,7 @@ def export_model(model:torch.nn.Module, spec, fmt:str, example:torch.Tensor, out
 def example_clips(saved:SavedRun, data=None) -> tuple:
     "(normalised `2,C,T,H,W` batch, what it is): two clips of the first of the run's videos that decodes, else a random batch."
     cfg = saved.config
-    try: train, val = samples_from_saved(saved.state["samples"], data or cfg.data)
+    try: train, val, _ = samples_from_saved(saved.state["samples"], data or cfg.data)
     except (DataError, KeyError, TypeError): train = val = None
     for samples in (val, train):
         if not samples: continue

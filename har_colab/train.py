@@ -38,7 +38,7 @@ from .callbacks import PlotCallback, default_callbacks
 __all__ = ['CHOSEN_ON', 'EpochBatchSampler', 'lr_factor', 'make_optimizer', 'amp_setup', 'to_cpu', 'torch_rng_state',
            'set_torch_rng_state', 'uses_channels_last', 'batch_to_device', 'mix_batch', 'ignore_stop_signals',
            'loader_settings', 'evaluate', 'keep_buffers', 'put_back', 'cpu_copy', 'device_name', 'oom_where', 'Trainer',
-           'EvalResult', 'evaluate_run', 'eval_files', 'evaluated', 'final_evaluation', 'say_where', 'read_eval',
+           'read_eval', 'EvalResult', 'evaluate_run', 'eval_files', 'evaluated', 'final_evaluation', 'say_where',
            'FitResult', 'preflight', 'fit']
 
 # %% ../nbs/40_train.ipynb #982498a6
@@ -218,8 +218,8 @@ def oom_where() -> str:
     return os.environ.get("HAR_COLAB_OOM_WHERE", "forward")
 
 class Trainer:
-    "The training loop over a model and two `ClipDataset`s."
-    def __init__(self, cfg:TrainConfig, model:nn.Module, train_ds:ClipDataset, val_ds:ClipDataset, run:RunFolder,
+    "The training loop over a model, its training `ClipDataset` and its validation one (None: protocol last-epoch)."
+    def __init__(self, cfg:TrainConfig, model:nn.Module, train_ds:ClipDataset, val_ds:ClipDataset|None, run:RunFolder,
                  callbacks=(), samples:dict|None=None, device=None, echo=print):
         self.cfg, self.model, self.train_ds, self.val_ds, self.run = cfg, model, train_ds, val_ds, run
         self.spec, self.class_names = get_spec(cfg.model), list(train_ds.samples.class_names)
@@ -272,6 +272,7 @@ class Trainer:
         # a generator of its own: creating an iterator must not consume the global RNG (exact resume)
         if workers > 0: kw["worker_init_fn"] = worker_ignore_signals if is_distributed() else ignore_stop_signals
         self.train_loader = torch.utils.data.DataLoader(train_ds, batch_sampler=self.sampler, generator=torch.Generator(), **kw)
+        if val_ds is None: self.val_part = self.val_loader = None; return    # protocol last-epoch: no validation set
         # under DDP each process evaluates a block of whole videos
         self.val_part = shard(len(val_ds) // val_ds.clips_per_video) if is_distributed() else None
         vds = val_ds if self.val_part is None else torch.utils.data.Subset(
@@ -609,16 +610,17 @@ class Trainer:
                "val_seconds": r["val_seconds"], "data_wait_seconds": r["data_wait"]}
         self.last_metrics = row
         self.history.append(row)
-        self.improved = bool(m) and (self.best_val_acc is None or row["val_acc"] > self.best_val_acc)
-        if self.improved: self.best_val_acc = row["val_acc"]
+        # best.pt: the best validation accuracy so far; without a validation set (protocol last-epoch) the newest epoch
+        self.improved = self.val_ds is None or (bool(m) and (self.best_val_acc is None or row["val_acc"] > self.best_val_acc))
+        if self.improved and m: self.best_val_acc = row["val_acc"]
         self.event("after_validate")
         self.epoch += 1; self.step_in_epoch = 0
         self.running = _new_running()
         self.event("after_epoch")
     @property
     def validates(self) -> bool:
-        "Whether the current epoch ends with a validation pass: every `val_every`-th epoch, and the last one."
-        return (self.epoch + 1) % self.cfg.val_every == 0 or self.epoch + 1 >= self.cfg.epochs
+        "Whether the current epoch ends with a validation pass: every `val_every`-th epoch, and the last one (none without a validation set)."
+        return self.val_ds is not None and ((self.epoch + 1) % self.cfg.val_every == 0 or self.epoch + 1 >= self.cfg.epochs)
 
     def _train_steps(self):
         "The optimizer steps left in this epoch, from `step_in_epoch` on."
@@ -637,24 +639,65 @@ class Trainer:
             self._stop_point(self._asked)
             self._step_rng = torch_rng_state()
 
+# %% ../nbs/40_train.ipynb #12a42289
+CHOSEN_ON = {"val": "chosen on validation", "test": "chosen on test", "last-epoch": "last epoch, no selection"}
+_METRIC_KEYS = (("acc", "val_acc"), ("video_acc", "val_video_acc"), ("loss", "val_loss"), ("top5", "val_top5"))
+
+def read_eval(ev:dict|None, format:str|None=None) -> dict|None:
+    """eval.json of any har_colab version as {"val", "test": metrics or None, "reported": the metrics of `reported_on`,
+    "chosen_on", "reported_on", "protocol", "legacy", "checkpoint", "clips", "epoch", "best_epoch"}; metrics are {"acc",
+    "video_acc", "loss", "top5" (more than 5 classes), "clips", "videos" (when known)}. `format`: the run's dataset
+    format, which decides what an eval.json from before the val/test split evaluated. None for None."""
+    if not isinstance(ev, dict): return None
+    head = {k: ev.get(k) for k in ("checkpoint", "clips", "epoch", "best_epoch")}
+    if "reported_on" in ev:                               # this version's: both sets, named
+        sets = {s: (dict(ev[s]) if isinstance(ev.get(s), dict) else None) for s in ("val", "test")}
+        return {**head, **sets, "reported": sets.get(ev["reported_on"]), "chosen_on": ev.get("chosen_on", "val"),
+                "reported_on": ev["reported_on"], "protocol": ev.get("protocol", "best-val"), "legacy": False}
+    m = {new: ev[old] for new, old in _METRIC_KEYS if old in ev}   # before: one set, the run's validation set
+    m["clips"] = ev.get("clips")
+    on = "test" if format in ("hmdb51", "ucf101") else "val"      # hmdb51/ucf101 validated on the official test split
+    return {**head, "val": m if on == "val" else None, "test": m if on == "test" else None, "reported": m,
+            "chosen_on": on, "reported_on": on, "protocol": "best-val", "legacy": True}
+
 # %% ../nbs/40_train.ipynb #834d4979
+_SET_WORDS = {"val": "validation", "test": "test"}
+
 @dataclass
 class EvalResult:
-    "Accuracy of a checkpoint on its run's validation videos."
-    metrics: dict
+    "The evaluation of a checkpoint on its run's test and validation sets: what eval.json holds (`read_eval`)."
+    sets: dict            # 'val', 'test' -> {"acc", "video_acc", "loss", "top5"?, "clips", "videos", "per_class", "confusion"} or None
     class_names: list
-    confusion: list       # [true][predicted] video counts
     checkpoint: Path
     clips: int
-    stored_per_class: dict|None = None   # per-class accuracy read from an eval.json written without its confusion counts
+    chosen_on: str = "val"       # what the checkpoint was chosen on: 'val', 'test' (a run from before) or 'last-epoch'
+    reported_on: str = "test"    # the set whose accuracy is reported: 'test', or 'val' for a run without a test set
+    protocol: str = "best-val"
     note: str = ""        # why another checkpoint stood in for best.pt (it does not load)
-    def per_class(self) -> dict:
-        if not self.confusion and self.stored_per_class is not None: return dict(self.stored_per_class)
-        return {c: (row[i] / sum(row) if sum(row) else float("nan")) for i, (c, row) in enumerate(zip(self.class_names, self.confusion))}
+    chosen: bool = True   # the checkpoint is best.pt (or what stands in for it); False: last.pt, an epoch's (eval_last.json)
+    @property
+    def reported(self) -> dict: return self.sets.get(self.reported_on) or {}
+    @property
+    def metrics(self) -> dict:
+        "The reported set's numbers: acc, video_acc, loss, top5 (more than 5 classes), clips, videos."
+        return {k: v for k, v in self.reported.items() if k not in ("per_class", "confusion")}
+    @property
+    def confusion(self) -> list: return list(self.reported.get("confusion") or [])   # [true][predicted] video counts
+    def per_class(self, on:str|None=None) -> dict:
+        "Video accuracy per class on set `on` (default: the reported one)."
+        s = self.sets.get(on or self.reported_on) or {}
+        cm = s.get("confusion")
+        if not cm: return dict(s.get("per_class") or {})
+        return {c: (row[i] / sum(row) if sum(row) else float("nan")) for i, (c, row) in enumerate(zip(self.class_names, cm))}
     def to_json(self) -> dict:
-        "What `RUN/eval.json` holds: the checkpoint's name, clips per video, the metrics, per-class accuracy, the confusion counts."
-        return {"checkpoint": self.checkpoint.name, "clips": self.clips, **self.metrics, "per_class": self.per_class(),
-                "class_names": list(self.class_names), "confusion": [list(r) for r in self.confusion]}
+        "What `RUN/eval.json` holds: both sets named (null where the run has none), what chose and what reports the checkpoint."
+        sets = {k: (None if s is None else {**{m: v for m, v in s.items() if m != "confusion"}, "per_class": self.per_class(k),
+                                             "confusion": [list(r) for r in s.get("confusion") or []]})
+                for k, s in self.sets.items()}
+        d = {"checkpoint": self.checkpoint.name, "clips": self.clips, "protocol": self.protocol, "chosen_on": self.chosen_on,
+             "reported_on": self.reported_on, "val": sets.get("val"), "test": sets.get("test"), "class_names": list(self.class_names)}
+        if self.note: d["note"] = self.note
+        return d
     @classmethod
     def load(cls, run) -> "EvalResult|None":
         "The evaluation stored in eval.json of `run` (a folder or a `RunFolder`: its fallback's while that has one), rebuilt"
@@ -662,28 +705,80 @@ class EvalResult:
         run = run if isinstance(run, RunFolder) else RunFolder(run)
         d = _eval_json(run)
         if d is None: return None
-        run_dir = run.root
-        for k in ("epoch", "step_in_epoch", "best_epoch"): d.pop(k, None)
-        note = d.pop("note", "")
-        per_class = d.pop("per_class", {}) or {}
-        names, confusion = d.pop("class_names", None) or list(per_class), d.pop("confusion", None) or []
-        name, clips = d.pop("checkpoint", "best.pt"), int(d.pop("clips", 1))
-        return cls(d, names, confusion, Path(run_dir)/"checkpoints"/name, clips, None if confusion else per_class, note)
+        r = read_eval(d, _run_format(run))
+        sets = {k: (None if r[k] is None else dict(r[k])) for k in ("val", "test")}
+        if r["legacy"]:                                   # one set, its per-class numbers at the top level
+            sets[r["reported_on"]].update(per_class=d.get("per_class") or {}, confusion=d.get("confusion") or [])
+        names = d.get("class_names") or list((r["reported"] or {}).get("per_class") or d.get("per_class") or {})
+        return cls(sets, names, run.root/"checkpoints"/(r["checkpoint"] or "best.pt"), int(r["clips"] or 1), r["chosen_on"],
+                   r["reported_on"], r["protocol"], d.get("note", ""))
+    def headline(self) -> str:
+        "What the reported accuracy is: 'test accuracy of the checkpoint chosen on validation', ..."
+        on = _SET_WORDS[self.reported_on]
+        if not self.chosen: return f"{on} accuracy" + (" (no test set)" if self.reported_on == "val" else "")
+        if self.chosen_on == "last-epoch": return f"{on} accuracy of the last epoch's checkpoint (protocol last-epoch, no selection)"
+        if self.chosen_on == "test":
+            return ("test accuracy of the checkpoint chosen on test (a run from before validation was held out of the training "
+                    "list: optimistic)")
+        if self.reported_on == "val":
+            return ("validation accuracy of the checkpoint chosen on validation (no test set: this is the accuracy it was "
+                    "chosen on, optimistic; --test-fraction holds a test set out)")
+        return "test accuracy of the checkpoint chosen on validation"
     def summary(self) -> str:
         m = self.metrics
-        s = (f"{self.checkpoint.name}: clip accuracy {100*m['val_acc']:.2f}%, video accuracy {100*m['val_video_acc']:.2f}% "
-             f"({self.clips} clips per video), val_loss {m['val_loss']:.4f}")
-        if "val_top5" in m: s += f", top-5 {100*m['val_top5']:.2f}%"
-        worst = sorted(self.per_class().items(), key=lambda kv: kv[1])[:3]
-        return s + "; weakest classes: " + ", ".join(f"{c} {100*a:.0f}%" for c, a in worst)
+        s = (f"{self.checkpoint.name}: {self.headline()}: video accuracy {100*m['video_acc']:.2f}%, clip accuracy "
+             f"{100*m['acc']:.2f}% ({self.clips} clips per video)" + (f", {m['videos']} videos" if m.get("videos") else "") +
+             f", loss {m['loss']:.4f}")
+        if "top5" in m: s += f", top-5 {100*m['top5']:.2f}%"
+        other = self.sets.get("val") if self.reported_on == "test" else None
+        if other: s += f"; validation video accuracy {100*other['video_acc']:.2f}%"
+        worst = sorted(((c, a) for c, a in self.per_class().items() if a == a), key=lambda kv: kv[1])[:3]   # a class without videos: nan
+        return s + f"; weakest classes ({_SET_WORDS[self.reported_on]}): " + ", ".join(f"{c} {100*a:.0f}%" for c, a in worst)
+
+def _run_format(run:RunFolder) -> str|None:
+    "The dataset format in the run's config.json (what an old eval.json's one set was), or None."
+    try: return json.loads(run.config.read_text(encoding="utf-8")).get("format")
+    except (OSError, ValueError, AttributeError): return None
+
+def _evaluate_set(cfg:TrainConfig, model:nn.Module, samples, K:int, dev, batch:int, workers:int, run:RunFolder, label:str,
+                  say, note) -> dict:
+    "The metrics of `model` on `samples` at `K` clips per video (under torchrun each process its block of whole videos)."
+    from .plots import confusion_matrix
+    ddev = gpu_decode_device(cfg, dev, samples.paths[0] if len(samples) else None) if dev.type == "cuda" else None
+    ds = clip_dataset(cfg, samples, train=False, clips_per_video=K, video_sizes=run_video_sizes(run.root, cfg.data, samples),
+                      decode_device=ddev)
+    cl, dt = uses_channels_last(cfg, dev), amp_dtype(dev, cfg.amp)   # the trainer's GPU path: channels_last, autocast, pinned
+    if cl: model = model.to(memory_format=torch.channels_last_3d)
+    workers, pin = loader_settings(workers, ds, dev)
+    part = shard(len(samples)) if is_distributed() else None       # under torchrun: this process's block of whole videos
+    vds = ds if part is None else torch.utils.data.Subset(ds, range(part.start * K, part.stop * K))
+    loader = torch.utils.data.DataLoader(vds, batch_size=batch, num_workers=workers, pin_memory=pin)
+    pieces = HalvingBatches(batch, f"the evaluation of {label}", f"evaluate on the CPU: har-colab eval --run-dir "
+                            f"{run.root} --device cpu ({cfg.model}, {cfg.frames} frames, autocast {dtype_name(dt)})", note=note)
+    clips_here = [0]
+    def to_device(x):
+        clips_here[0] += len(x)
+        return batch_to_device(x, dev, ds.transform, cl)
+    with device_settings(dev):
+        m, probs, labels = evaluate(model, loader, samples.num_classes, to_device,
+                                    (lambda: torch.autocast(dev.type, dtype=dt)) if dt else None, _eval_fault(), part=part,
+                                    pieces=pieces)
+    if part is not None:                                  # who evaluated what: every process its share
+        shares = torch.zeros(world_size(), dtype=torch.float64); shares[rank()] = clips_here[0]
+        shares = all_reduce_sum(shares)
+        say(f"evaluation of {label} split over {world_size()} processes: " +
+            ", ".join(f"process {r} evaluated {int(n)} clips" for r, n in enumerate(shares.tolist())))
+    out = {new: m[old] for new, old in _METRIC_KEYS if old in m}
+    return {**out, "clips": K, "videos": len(samples),
+            "confusion": confusion_matrix(probs.argmax(1).tolist(), labels.tolist(), samples.num_classes)}
 
 def evaluate_run(run_dir, checkpoint:str="best", clips:int|None=None, data=None, workers:int=2, device="auto",
                  batch_size:int|None=None, echo=print) -> EvalResult:
-    """Evaluate checkpoint `best`, `last` or a path of the run in `run_dir`, `batch_size` clips at a time (default: the run's
-    micro-batch; halved where it runs out of GPU memory). Under torchrun each process evaluates its block of the videos.
-    `run_dir` may be the `RunFolder` `fit` writes through: the files then go where its checkpoints go (its fallback folder
-    while the run folder fails). Files: `eval_files`."""
-    from .plots import confusion_matrix, plot_confusion
+    """Evaluate checkpoint `best`, `last` or a path of the run in `run_dir` on the run's test set and its validation set
+    (each it has), `batch_size` clips at a time (default: the run's micro-batch; halved where it runs out of GPU memory).
+    Under torchrun each process evaluates its block of each set's videos. `run_dir` may be the `RunFolder` `fit` writes
+    through: the files then go where its checkpoints go (its fallback folder while the run folder fails). Files: `eval_files`."""
+    from .plots import plot_confusion
     from .build import best_epoch, run_folder
     if clips is not None and clips < 1: raise ConfigError(f"clips={clips}; use 1 or more clips per video (--clips)")
     if workers < 0: raise ConfigError(f"workers={workers}; use 0 (decode in this process) or more DataLoader workers (--workers)")
@@ -693,41 +788,20 @@ def evaluate_run(run_dir, checkpoint:str="best", clips:int|None=None, data=None,
     if batch_size is not None and batch_size < 1: raise ConfigError(f"batch_size={batch_size}; use 1 or more clips")
     model = saved.model(dev)
     K = cfg.eval_clips if clips is None else clips
-    # the run's GPU decoding where it evaluates on a GPU (on a CPU the videos are decoded there)
-    ddev = gpu_decode_device(cfg, dev, saved.val.paths[0] if len(saved.val) else None) if dev.type == "cuda" else None
-    ds = clip_dataset(cfg, saved.val, train=False, clips_per_video=K, video_sizes=run_video_sizes(run.root, cfg.data, saved.val),
-                      decode_device=ddev)
-    cl, dt = uses_channels_last(cfg, dev), amp_dtype(dev, cfg.amp)   # the trainer's GPU path: channels_last, autocast, pinned
-    if cl: model = model.to(memory_format=torch.channels_last_3d)
-    workers, pin = loader_settings(workers, ds, dev)
-    part = shard(len(saved.val)) if is_distributed() else None     # under torchrun: this process's block of whole videos
-    vds = ds if part is None else torch.utils.data.Subset(ds, range(part.start * K, part.stop * K))
     B = batch_size or max(1, cfg.batch_size // cfg.accumulate)
-    loader = torch.utils.data.DataLoader(vds, batch_size=B, num_workers=workers, pin_memory=pin)
     say = echo if echo is not None and is_main() else (lambda m: None)
-    pieces = HalvingBatches(B, f"the evaluation of {saved.path.name}", f"evaluate on the CPU: har-colab eval --run-dir "
-                            f"{run.root} --device cpu ({cfg.model}, {cfg.frames} frames, autocast {dtype_name(dt)})", note=echo)
-    clips_here = [0]
-    def to_device(x):
-        clips_here[0] += len(x)
-        return batch_to_device(x, dev, ds.transform, cl)
-    with device_settings(dev):
-        m, probs, labels = evaluate(model, loader, len(names), to_device,
-                                    (lambda: torch.autocast(dev.type, dtype=dt)) if dt else None, _eval_fault(), part=part,
-                                    pieces=pieces)
-    if part is not None:                                  # who evaluated what: every process its share
-        shares = torch.zeros(world_size(), dtype=torch.float64); shares[rank()] = clips_here[0]
-        shares = all_reduce_sum(shares)
-        say(f"evaluation of {saved.path.name} split over {world_size()} processes: " +
-            ", ".join(f"process {r} evaluated {int(n)} clips" for r, n in enumerate(shares.tolist())))
-    cm = confusion_matrix(probs.argmax(1).tolist(), labels.tolist(), len(names))
-    res = EvalResult(m, names, cm, saved.path, K, note=saved.note)
+    sets = {}
+    both = all(s is not None for s in saved.eval_sets().values())
+    for on, samples in saved.eval_sets().items():        # the same order in every process (torchrun)
+        label = saved.path.name + (f" on the {_SET_WORDS[on]} set" if both and on == "val" else "")
+        sets[on] = None if samples is None else _evaluate_set(cfg, model, samples, K, dev, B, workers, run, label, say, echo)
+    on = "test" if sets.get("test") is not None else "val"
+    res = EvalResult(sets, names, saved.path, K, saved.chosen_on, on, cfg.protocol, saved.note, checkpoint == "best")
     if is_main():                                         # process 0 writes the files
         info = {**res.to_json(), "epoch": int(saved.state["epoch"]), "step_in_epoch": int(saved.state["step_in_epoch"])}
         if checkpoint == "best":                          # the epoch this evaluation stands for (`evaluated`)
             info["best_epoch"] = best_epoch(run) if saved.note else info["epoch"]
-            if saved.note: info["note"] = saved.note
-        _write_eval(run, isinstance(run_dir, RunFolder), eval_files(checkpoint), plot_confusion(cm, names), info)
+        _write_eval(run, isinstance(run_dir, RunFolder), eval_files(checkpoint), plot_confusion(res.confusion, names), info)
     return res
 
 def eval_files(checkpoint:str) -> tuple:
@@ -762,12 +836,13 @@ def evaluated(run:RunFolder, clips:int|None=None) -> bool:
     (default: the run's eval_clips), as eval.json itself says (not the files' times)."""
     from .build import best_epoch
     ev = _eval_json(run)
-    if ev is None: return False
+    r = read_eval(ev, _run_format(run))
+    if r is None: return False
     if clips is None:
         try: clips = json.loads(run.config.read_text(encoding="utf-8")).get("eval_clips")
         except (OSError, ValueError, AttributeError): clips = None
-    if clips is not None and ev.get("clips") != clips: return False
-    if "best_epoch" in ev: return ev["best_epoch"] == best_epoch(run)
+    if clips is not None and r["clips"] != clips: return False
+    if "best_epoch" in ev: return r["best_epoch"] == best_epoch(run)
     try:                                                  # written by an older har_colab: best.pt's, and newer than it
         return ev.get("checkpoint") == "best.pt" and (run.root/"eval.json").stat().st_mtime >= run.best.stat().st_mtime
     except OSError: return False
@@ -789,27 +864,6 @@ def say_where(run:RunFolder, echo=print):
     if run.degraded and not run.copy_back():
         run.log(f"the run folder {run.root} does not answer: its newest files (checkpoints, metrics.csv, curves.png, eval.json) "
                 f"are in {run.fallback.root}, and the next run of the same command copies them back", echo)
-
-# %% ../nbs/40_train.ipynb #12a42289
-CHOSEN_ON = {"val": "chosen on validation", "test": "chosen on test", "last-epoch": "last epoch, no selection"}
-_METRIC_KEYS = (("acc", "val_acc"), ("video_acc", "val_video_acc"), ("loss", "val_loss"), ("top5", "val_top5"))
-
-def read_eval(ev:dict|None, format:str|None=None) -> dict|None:
-    """eval.json of any har_colab version as {"val", "test": metrics or None, "reported": the metrics of `reported_on`,
-    "chosen_on", "reported_on", "protocol", "legacy", "checkpoint", "clips", "epoch", "best_epoch"}; metrics are {"acc",
-    "video_acc", "loss", "top5" (more than 5 classes), "clips", "videos" (when known)}. `format`: the run's dataset
-    format, which decides what an eval.json from before the val/test split evaluated. None for None."""
-    if not isinstance(ev, dict): return None
-    head = {k: ev.get(k) for k in ("checkpoint", "clips", "epoch", "best_epoch")}
-    if "reported_on" in ev:                               # this version's: both sets, named
-        sets = {s: (dict(ev[s]) if isinstance(ev.get(s), dict) else None) for s in ("val", "test")}
-        return {**head, **sets, "reported": sets.get(ev["reported_on"]), "chosen_on": ev.get("chosen_on", "val"),
-                "reported_on": ev["reported_on"], "protocol": ev.get("protocol", "best-val"), "legacy": False}
-    m = {new: ev[old] for new, old in _METRIC_KEYS if old in ev}   # before: one set, the run's validation set
-    m["clips"] = ev.get("clips")
-    on = "test" if format in ("hmdb51", "ucf101") else "val"      # hmdb51/ucf101 validated on the official test split
-    return {**head, "val": m if on == "val" else None, "test": m if on == "test" else None, "reported": m,
-            "chosen_on": on, "reported_on": on, "protocol": "best-val", "legacy": True}
 
 # %% ../nbs/40_train.ipynb #2435f567
 @dataclass
@@ -870,7 +924,7 @@ def fit(config:TrainConfig, callbacks=None, echo=print,
 def _fit_run(cfg:TrainConfig, start:RunStart, device, callbacks, echo, cli:bool=False) -> FitResult:
     "`fit` in the run folder `open_run` opened: build, check, then `start.commit` and train."
     run, state, path, train_s, val_s = start.run, start.state, start.path, start.train, start.val
-    samples = {"train": train_s.to_dict(), "val": val_s.to_dict()}
+    samples = start.samples()                              # train, val and test (the test set is never read while training)
     seed_everything(cfg.seed)
     model = build_model(cfg, train_s.num_classes, pretrained=cfg.pretrained and state is None and not cfg.init)
     report = init_from(model, cfg, cfg.init) if cfg.init and state is None else getattr(model, "har_load_report", None)
@@ -878,14 +932,14 @@ def _fit_run(cfg:TrainConfig, start:RunStart, device, callbacks, echo, cli:bool=
     model.to(device)
     preflight(model, get_spec(cfg.model), cfg.frames, train_s.num_classes, device)
     # one cache for train and val, its size estimated and reported before it is built
-    cache = build_cache(cfg, train_s.paths + val_s.paths, log=lambda m: run.log(m, echo))
+    cache = build_cache(cfg, train_s.paths + (val_s.paths if val_s is not None else []), log=lambda m: run.log(m, echo))
     # the sizes the probing pass found (a resumed run: in probe.json) let every backend decode at the model's size
-    sizes = start.probe.sizes() if start.probe is not None else run_video_sizes(run.root, cfg.data, train_s, val_s)
+    sizes = start.probe.sizes() if start.probe is not None else run_video_sizes(run.root, cfg.data, *(s for s in (train_s, val_s) if s is not None))
     ddev = gpu_decode_device(cfg, device, train_s.paths[0] if len(train_s) else None)   # --decode-device cuda, checked
     if ddev is not None: run.log(f"decoding videos on {ddev} (torchcodec, NVDEC) in the main process", echo)
     kw = dict(run_dir=run.root, cache=cache, video_sizes=sizes, decode_device=ddev)
     train_ds = clip_dataset(cfg, train_s, train=True, **kw)
-    val_ds = clip_dataset(cfg, val_s, train=False, clips_per_video=cfg.val_clips, **kw)
+    val_ds = None if val_s is None else clip_dataset(cfg, val_s, train=False, clips_per_video=cfg.val_clips, **kw)
     cbs = default_callbacks(cfg) if callbacks is None else list(callbacks)
     trainer = Trainer(cfg, model, train_ds, val_ds, run, cbs, samples, device, echo)
     try: return _train(cfg, start, trainer, cli)
@@ -911,7 +965,9 @@ def _train(cfg:TrainConfig, start:RunStart, trainer:Trainer, cli:bool) -> FitRes
         message = f"resumed from {where} at epoch {trainer.epoch + 1}, step {trainer.step_in_epoch}/{trainer.steps_per_epoch}"
     else:
         tr, fr = count_parameters(model)
-        message = (f"started {cfg.model} on {len(train_s)} train / {len(val_s)} val videos, {train_s.num_classes} classes, "
+        sets = (f"{len(train_s)} train / " + (f"{len(val_s)} val" if val_s is not None else "no val (protocol last-epoch)") +
+                (f" / {len(start.test)} test videos" if start.test is not None else " videos, no test set"))
+        message = (f"started {cfg.model} on {sets}, {train_s.num_classes} classes, "
                    f"{tr:,} trainable / {fr:,} frozen parameters, device {device}"
                    + (f", {world_size()} processes (DDP)" if is_distributed() else ""))
     trainer.memory_check()                                  # an out-of-memory shows before the run folder is written

@@ -173,7 +173,9 @@ def test_hmdb51_subset_keeps_every_class_and_ignores_listing_order(tmp_path, mon
     full = load_samples("hmdb51", root)
     assert full.num_classes == 51 and min(full.counts()) >= 55
     a = subset(full, 0.1, seed=3)
-    assert all(c >= 1 for c in a.counts()) and a.counts() == [max(1, round(0.1 * n)) for n in full.counts()]
+    k = [max(1, round(0.1 * n)) for n in full.counts()]              # about k per class, in whole movies
+    assert all(kc <= c <= 1.5 * kc for c, kc in zip(a.counts(), k))
+    assert all(sum(g == r for g in a.groups) == sum(g == r for g in full.groups) for r in set(a.groups))
     assert subset(load_samples("hmdb51", root), 0.1, seed=3).paths == a.paths      # same on every call
     # the disk lists folders and files in another order: same samples, same subset
     iterdir, glob = Path.iterdir, Path.glob
@@ -278,3 +280,22 @@ def test_cli_group_pattern_reaches_config_json_and_the_split(tmp_path):
     take = lambda p: (Path(p).parent.name, Path(p).stem.rsplit("_", 1)[0])
     tr, va = ({take(p) for p in saved[k]["paths"]} for k in ("train", "val"))
     assert va and not tr & va and len(tr | va) == 8                 # 4 takes per class, each on one side
+
+
+def test_three_sets_of_ucf101_validation_from_the_training_list_by_group_and_subset_from_what_is_left(tmp_path):
+    "Issue 27: val carved from the official training list in whole gNN groups, test = the official test list, subset after."
+    from har_colab.build import build_sets
+    from har_colab.config import TrainConfig, resolve_config
+    root, _ = make_ucf101(tmp_path, groups=8)
+    cfg = lambda **kw: resolve_config(TrainConfig(data=str(root), format="ucf101", model="tiny3d", pretrained=False, **kw))
+    train, val, test = build_sets(cfg(val_videos=3))
+    official = load_samples("ucf101", root)
+    assert test.paths == load_samples("ucf101", root, fold="test").paths
+    assert val.counts() == [3] * 4 and train.counts() == [15] * 4            # one group of 3 clips per class
+    assert set(val.paths) | set(train.paths) == set(official.paths) and not set(val.groups) & set(train.groups)
+    sub_train, sub_val, _ = build_sets(cfg(val_videos=3, subset=0.15))
+    assert sub_val.paths == val.paths                                        # the same validation set for every subset
+    assert sub_train.counts() == [3] * 4 and set(sub_train.paths) <= set(train.paths)   # round(0.15 * 18) = 3: one group
+    assert all(sum(g == r for g in sub_train.groups) == 3 for r in set(sub_train.groups))
+    tr, va, te = build_sets(cfg(protocol="last-epoch"))
+    assert (va, tr.paths) == (None, official.paths)

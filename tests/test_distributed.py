@@ -15,6 +15,7 @@ import pytest
 import torch
 
 from har_colab.plots import TIMING_COLUMNS
+from har_colab.train import read_eval
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -157,14 +158,14 @@ def test_ddp_validation_equals_single_process(small_data, tmp_path):
     row = rows(d)[-1]
     r = run(1, ["eval", "--run-dir", d, "--checkpoint", "last", "--workers", "0", "--clips", "3"])
     assert r.returncode == 0, r.stderr[-3000:]
-    single = json.loads((d / "eval_last.json").read_text())          # eval.json stays best.pt's
+    single = read_eval(json.loads((d / "eval_last.json").read_text()), "folder")["val"]   # eval.json stays best.pt's
     assert single["clips"] == 3
-    for k in ("val_acc", "val_video_acc"): assert float(row[k]) == single[k], (k, row, single)
-    assert abs(float(row["val_loss"]) - single["val_loss"]) <= 1e-5 * single["val_loss"], (row, single)
+    for k in ("acc", "video_acc"): assert float(row["val_" + k]) == single[k], (k, row, single)
+    assert abs(float(row["val_loss"]) - single["loss"]) <= 1e-5 * single["loss"], (row, single)
 
 
 @pytest.mark.timeout(600)
-def test_final_evaluation_is_split_over_the_processes_and_equals_one_process(two_ref):
+def test_final_evaluation_is_split_over_the_processes_and_equals_one_process(two_ref, small_data):
     "Issue 26: every process evaluates its block of videos (no process waits alone in a collective); the numbers of one."
     log = events(two_ref)
     line = [l for l in log.splitlines() if "evaluation of best.pt split over 2 processes" in l]
@@ -172,12 +173,34 @@ def test_final_evaluation_is_split_over_the_processes_and_equals_one_process(two
     counts = [int(n) for n in re.findall(r"process \d evaluated (\d+) clips", line[0])]
     val = len(json.loads((two_ref / "samples.json").read_text())["val"]["paths"])
     assert len(counts) == 2 and min(counts) > 0 and sum(counts) == 2 * val, line    # 2 eval clips per video, each once
-    two = json.loads((two_ref / "eval.json").read_text())
+    two = read_eval(json.loads((two_ref / "eval.json").read_text()), "folder")["val"]
     r = run(1, ["eval", "--run-dir", two_ref, "--workers", "0", "--clips", "2"])
     assert r.returncode == 0, r.stderr[-3000:]
-    one = json.loads((two_ref / "eval.json").read_text())
-    for k in ("clips", "val_acc", "val_video_acc", "per_class"): assert one[k] == two[k], (k, one, two)
-    assert abs(one["val_loss"] - two["val_loss"]) <= 1e-6 * one["val_loss"]
+    one = read_eval(json.loads((two_ref / "eval.json").read_text()), "folder")["val"]
+    for k in ("clips", "acc", "video_acc", "per_class"): assert one[k] == two[k], (k, one, two)
+    assert abs(one["loss"] - two["loss"]) <= 1e-6 * one["loss"]
+
+    # a run with a test set too (issue 27): each set split over the processes, the numbers of one process
+    d = two_ref.parent / "with_test"
+    shutil.copytree(two_ref, d)
+    (d / "eval.json").unlink()
+    for p in (d / "checkpoints").glob("*.pt"):
+        st = torch.load(p, weights_only=True)
+        tr = st["samples"]["train"]
+        st["samples"]["test"] = {**tr, **{k: tr[k][:9] for k in ("paths", "labels", "groups")}}   # 9 videos: split 4 / 5
+        torch.save(st, p)
+    r = run(2, train_args(d, small_data))                 # trained: the final evaluation runs again, on both sets
+    assert r.returncode == 0, r.stderr[-3000:]
+    log = events(d)
+    assert "evaluation of best.pt split over 2 processes: process 0 evaluated 8 clips, process 1 evaluated 10 clips" in log \
+        and "evaluation of best.pt on the validation set split over 2 processes" in log, log
+    two = json.loads((d / "eval.json").read_text())
+    assert (two["reported_on"], two["test"]["videos"]) == ("test", 9)
+    r = run(1, ["eval", "--run-dir", d, "--workers", "0", "--clips", "2"])
+    assert r.returncode == 0, r.stderr[-3000:]
+    one = json.loads((d / "eval.json").read_text())
+    for on in ("val", "test"):
+        for k in ("clips", "acc", "video_acc", "per_class", "confusion"): assert one[on][k] == two[on][k], (on, k, one, two)
 
 
 TRANSFORMER = """import dataclasses, sys

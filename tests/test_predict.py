@@ -65,12 +65,15 @@ def test_predicting_the_validation_videos_gives_evals_video_accuracy(run):
     from har_colab.predict import predict
     r = run_cli("eval", "--run-dir", run, "--clips", "3")
     assert r.returncode == 0, r.stderr[-2000:]
-    ev = json.loads((run / "eval.json").read_text())
+    from har_colab.train import read_eval
+    ev = read_eval(json.loads((run / "eval.json").read_text()), "folder")
+    assert (ev["reported_on"], ev["chosen_on"], ev["test"]) == ("val", "val", None)   # no test set: validation is reported
+    ev = ev["val"]
     saved = load_run(run)
     pred = predict(run, saved.val.paths, clips=3, workers=0)   # in this process (the CLI tests predict with workers)
     hits = [row["label"] == saved.class_names[y] for row, y in zip(pred.rows, saved.val.labels)]
     assert len(hits) == len(saved.val) and not pred.errors
-    assert np.mean(hits) == ev["val_video_acc"]
+    assert np.mean(hits) == ev["video_acc"]
     for c, acc in ev["per_class"].items():
         mine = [h for h, y in zip(hits, saved.val.labels) if saved.class_names[y] == c]
         assert np.mean(mine) == acc, c
@@ -149,8 +152,8 @@ def test_eval_predict_and_export_halve_their_batch_on_out_of_memory_with_the_sam
     got = evaluate_run(run, workers=0, device="cpu", batch_size=8, echo=said.append)
     assert said == ["out of memory at batch 8 in the evaluation of best.pt: continuing at batch 4",
                     "out of memory at batch 4 in the evaluation of best.pt: continuing at batch 2"]
-    for k in ("val_acc", "val_video_acc"): assert got.metrics[k] == ref.metrics[k], k
-    assert abs(got.metrics["val_loss"] - ref.metrics["val_loss"]) <= 1e-6 * ref.metrics["val_loss"]
+    for k in ("acc", "video_acc"): assert got.metrics[k] == ref.metrics[k], k
+    assert abs(got.metrics["loss"] - ref.metrics["loss"]) <= 1e-6 * ref.metrics["loss"]
     assert got.confusion == ref.confusion
     paths = load_run(run).val.paths[:3]
     monkeypatch.delenv("HAR_COLAB_OOM_EVAL_ABOVE")
@@ -197,8 +200,8 @@ def test_validation_and_final_evaluation_halve_on_out_of_memory_with_the_same_nu
     a, b = (list(csv.DictReader(open(d / "metrics.csv")))[-1] for d in (run, got))
     for k in ("train_loss", "val_acc", "val_video_acc"): assert a[k] == b[k], k     # training untouched
     assert abs(float(a["val_loss"]) - float(b["val_loss"])) <= 1e-6 * float(a["val_loss"])
-    from har_colab.train import evaluate_run
+    from har_colab.train import evaluate_run, read_eval
     ea = evaluate_run(run, clips=2, workers=0, device="cpu", echo=None).metrics   # the fixture's final evaluation, again
-    eb = json.loads((got / "eval.json").read_text())
-    assert eb["clips"] == 2 and (ea["val_acc"], ea["val_video_acc"]) == (eb["val_acc"], eb["val_video_acc"])
-    assert abs(ea["val_loss"] - eb["val_loss"]) <= 1e-6 * ea["val_loss"]
+    eb = read_eval(json.loads((got / "eval.json").read_text()), "folder")["reported"]
+    assert eb["clips"] == 2 and (ea["acc"], ea["video_acc"]) == (eb["acc"], eb["video_acc"])
+    assert abs(ea["loss"] - eb["loss"]) <= 1e-6 * ea["loss"]

@@ -230,6 +230,20 @@ def test_rough_edges_are_one_line(trained, small_data, tmp_path):
     one_line(cli("train", "--data", small_data, "--model", "tiny3", "--run-dir", tmp_path / "r"), "did you mean tiny3d?")
     one_line(cli("train", "--data", small_data, "--format", "hmdb51", "--model", "tiny3d", "--no-pretrained",
                  "--run-dir", tmp_path / "r"), "use --format folder")
+    # the three sets: settings that do not fit together (issue 27)
+    for flags, says in ((("--test-fraction", "0.5", "--val-fraction", "0.5"), "leave no training videos"),
+                        (("--protocol", "last-epoch"), "add --test-fraction 0.2"),
+                        (("--val-videos", "3"), "--format folder holds out validation with --val-fraction"),
+                        (("--format", "hmdb51", "--val-videos", "0"), "val_videos=0; it must be >= 1"),
+                        (("--format", "ucf101", "--test-fraction", "0.2"), "official test split"),
+                        (("--format", "hmdb51", "--protocol", "last-epoch", "--val-videos", "5"), "drop --val-videos")):
+        one_line(cli(*train_args(tmp_path / "r", small_data, *flags)), says)
+    lone = tmp_path / "lone"                              # HMDB51 whose training lists are one movie per class
+    for c in ("run", "walk"):
+        (lone / c).mkdir(parents=True)
+        for n in ("a_movie_1.avi", "a_movie_2.avi", "b_movie_1.avi"): (lone / c / n).write_bytes(b"")
+        (lone / f"{c}_test_split1.txt").write_text("a_movie_1.avi 1\na_movie_2.avi 1\nb_movie_1.avi 2\n")
+    one_line(cli(*train_args(tmp_path / "r", lone, "--format", "hmdb51")), "no validation set can be carved", "--protocol last-epoch")
     run = tmp_path / "plot"
     run.mkdir(); (run / "curves.png").write_bytes(b"good curves")
     for text in (b"", b"epoch,train_loss,train_acc,val_loss,val_acc\n", bytes(range(256)) * 16):

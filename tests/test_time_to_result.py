@@ -39,7 +39,7 @@ def test_val_every_val_clips_and_the_final_evaluation_survive_a_kill(small_data,
     mtime = (run / "eval.json").stat().st_mtime_ns
     r = run_cli(*args)                                   # evaluated already: not again; the summary shows the stored one
     assert r.returncode == 0 and "final evaluation: best.pt" not in r.stdout and (run / "eval.json").stat().st_mtime_ns == mtime
-    assert "final evaluation of best.pt: video accuracy" in r.stdout
+    assert "best.pt, validation accuracy of the checkpoint chosen on validation (no test set" in r.stdout   # the stored one
 
 
 def test_bad_val_settings_are_one_line_exit_2(small_data, tmp_path):
