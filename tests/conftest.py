@@ -7,6 +7,14 @@ import pytest
 
 BIN = Path(sys.executable).parent
 
+# One compute thread per process. CI runs the suite in 2 xdist workers on 2 cores, and every training subprocess would
+# otherwise start one OpenMP thread per core next to its DataLoader workers: the threads of both workers fight over the
+# cores and spin while they wait (two demo runs side by side, 2 epochs each: 268 s, with one thread each 107 s). Set
+# before torch is imported, so the test processes, their subprocesses (the CLI, torchrun, Jupyter kernels) and the
+# DataLoader workers all inherit it; a value already set is kept.
+for _var in ("OMP_NUM_THREADS", "MKL_NUM_THREADS"):
+    os.environ.setdefault(_var, "1")
+
 
 def run_cli(*args, cwd=None, timeout=1500, env=None, **popen):
     "Run `har-colab ARGS` in a subprocess (`popen`: more `subprocess.run` arguments); returns CompletedProcess with text stdout/stderr."
