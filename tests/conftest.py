@@ -7,6 +7,17 @@ import pytest
 
 BIN = Path(sys.executable).parent
 
+# The cores shared out among the xdist workers: CI runs the suite in 2 workers on 2 cores, and every training subprocess
+# would otherwise start one OpenMP thread per core next to its DataLoader workers, so the threads of both workers fight
+# over the cores and spin while they wait (two demo runs side by side, 2 epochs each: 268 s; with one thread each: 107 s).
+# Set before torch is imported, so the test processes and their subprocesses (the CLI, torchrun, Jupyter kernels)
+# inherit it; a value already set is kept, and without xdist (-n 0) torch keeps its default.
+_workers = int(os.environ.get("PYTEST_XDIST_WORKER_COUNT", "1"))
+if _workers > 1:
+    _cores = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else (os.cpu_count() or 1)
+    for _var in ("OMP_NUM_THREADS", "MKL_NUM_THREADS"):
+        os.environ.setdefault(_var, str(max(1, _cores // _workers)))
+
 
 def run_cli(*args, cwd=None, timeout=1500, env=None, **popen):
     "Run `har-colab ARGS` in a subprocess (`popen`: more `subprocess.run` arguments); returns CompletedProcess with text stdout/stderr."

@@ -29,7 +29,6 @@ def test_one_training_step_through_the_data_path(name, videos, tmp_path):
     from har_colab.clips import ClipDataset
     from har_colab.models import check_input, create_model, get_spec
     from har_colab.train import Trainer, TrainConfig, resolve_config
-    torch.set_num_threads(2)
     spec = get_spec(name)
     cfg = resolve_config(TrainConfig(run_dir=str(tmp_path), data=str(tmp_path), model=name, pretrained=False, batch_size=1,
                                      workers=0, epochs=1, max_steps_per_epoch=1, hflip=False))

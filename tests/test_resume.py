@@ -18,6 +18,14 @@ from har_colab.plots import TIMING_COLUMNS
 pytestmark = pytest.mark.timeout(900)
 
 
+@pytest.fixture(scope="module", autouse=True)
+def _two_threads():
+    "This module's runs keep 2 compute threads (conftest sets 1): resuming must be bit-exact with multi-threaded CPU math too."
+    with pytest.MonkeyPatch.context() as mp:
+        mp.setenv("OMP_NUM_THREADS", "2"); mp.setenv("MKL_NUM_THREADS", "2")
+        yield
+
+
 def train_args(run, data, *extra):
     return ["train", "--run-dir", run, "--data", data, "--model", "tiny3d", "--no-pretrained", "--no-hflip", "--epochs", "6",
             "--batch-size", "8", "--lr", "5e-4", "--eval-clips", "2", "--no-progress", "--no-plot", *extra]
