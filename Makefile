@@ -43,7 +43,8 @@ pytest: setup
 
 test: setup
 	$(PY) .ci/check_sync.py
-	$(BIN)/nbdev_test --n_workers 2 --skip_file_re "^(colab_hmdb51|own_dataset|compare_models)"
+	# one OpenMP thread per notebook process: two processes on two cores would otherwise fight over them
+	OMP_NUM_THREADS=1 MKL_NUM_THREADS=1 $(BIN)/nbdev_test --n_workers 2 --skip_file_re "^(colab_hmdb51|own_dataset|compare_models)"
 	$(PY) -m pytest tests/ $(PYTEST_FLAGS)
 
 # The Colab twin: our wheel and sdist pip-installed into Python 3.13 with Colab's packages, then the non-slow suite and
