@@ -71,7 +71,7 @@ def test_drive_fails_to_the_end_then_every_step_follows_the_checkpoints_and_they
     r = ok(cli("plot", "--run-dir", run))
     assert str(fb / "curves.png") in r.stdout
     r = ok(cli("compare", tmp_path, "--out", tmp_path / "cmp.png"))         # the fallback folder is no run of its own
-    assert [l.split()[0] for l in r.stdout.splitlines()[1:-1]] == ["run"], r.stdout
+    assert [row["run"] for row in csv.DictReader(open(tmp_path / "cmp.csv"))] == ["run"], r.stdout   # one row: the run
     assert "is the fallback folder of" in r.stderr and "running" not in r.stdout
     # the next start while the Drive still fails: nothing to train, nothing to evaluate again, and it says where the files are
     r = ok(run_cli(*train_args(run, small_data, "--fallback-dir", local, "--plot", "--tensorboard"),
