@@ -195,12 +195,11 @@ def _footnotes(rows:list) -> list:
 
 # %% ../nbs/80_experiments.ipynb #765e66d7
 NOT_SEED = {"seed", "run_dir"} | (MAY_CHANGE_ON_RESUME - {"epochs"})   # fields in which the runs of one seed group may differ
-_BEFORE = {"protocol": "best-val", "test_fraction": 0.0, "val_videos": None}   # what a config.json without these fields means
 
 def seed_key(config:dict, chosen_on:str|None=None) -> str:
     "What runs of one seed group share: the config without `NOT_SEED` (missing fields read as their defaults), and the set best.pt was chosen on."
     defaults = {f.name: f.default for f in dataclasses.fields(TrainConfig)}
-    full = {**_BEFORE, **defaults, **LEGACY, **config}
+    full = {**defaults, **LEGACY, **config}   # a field missing from an older config.json: what it meant then
     return json.dumps({"chosen_on": chosen_on, **{k: v for k, v in full.items() if k not in NOT_SEED}}, sort_keys=True, default=str)
 
 def _mean_sd(values:list) -> tuple:
