@@ -19,12 +19,84 @@ if _workers > 1:
         os.environ.setdefault(_var, str(max(1, _cores // _workers)))
 
 
+# What may differ between a call's environment and the forking parent's (tests/cli_zygote.py): variables read only
+# while a command runs (HAR_COLAB_*), pytest's own, and the thread counts (the child sets torch's threads from them).
+# Anything else (PYTHONPATH, HF_HUB_OFFLINE, ...) may be read at start-up, so such a call gets a fresh interpreter.
+FORK_SAFE_ENV = ("HAR_COLAB_", "PYTEST_", "PYTHONUNBUFFERED", "OMP_NUM_THREADS", "MKL_NUM_THREADS")
+
+
+class CliParent:
+    """This test process's forking parent of `har-colab` processes (tests/cli_zygote.py), started on first use: each call
+    is its own process with the caller's files, environment, directory and umask, minus 5-7 s of imports."""
+    _one = None
+
+    @classmethod
+    def get(cls):
+        if cls._one is None or cls._one.proc.poll() is not None: cls._one = cls()
+        return cls._one
+
+    def __init__(self):
+        import atexit, tempfile
+        self.dir = tempfile.mkdtemp(prefix="har_colab_cli_")
+        self.path = os.path.join(self.dir, "sock")
+        self.env = dict(os.environ, PYTHONUNBUFFERED="1")
+        self.log = open(os.path.join(self.dir, "parent.log"), "w+")
+        self.proc = subprocess.Popen([sys.executable, str(Path(__file__).with_name("cli_zygote.py")), self.path],
+                                     stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=self.log, env=self.env, text=True)
+        if self.proc.stdout.readline() != "ready\n":
+            self.log.seek(0)
+            raise RuntimeError("the forking parent of har-colab processes did not start:\n" + self.log.read()[-3000:])
+        atexit.register(self.proc.stdin.close)          # it exits when its stdin closes
+
+    def takes(self, env) -> bool:
+        "Whether a forked child can have `env` (see FORK_SAFE_ENV)."
+        for k in set(env) | set(self.env):
+            a, b = env.get(k), self.env.get(k)
+            if a == b or k.startswith(FORK_SAFE_ENV[:2]) or k == "PYTHONUNBUFFERED": continue
+            if k in FORK_SAFE_ENV and a and a.isdigit() and a == env.get("OMP_NUM_THREADS"): continue
+            return False
+        return True
+
+    def run(self, argv, cwd, env, timeout, umask=None):
+        import json, signal, socket, struct, tempfile
+        with tempfile.TemporaryFile() as out, tempfile.TemporaryFile() as err, open(os.devnull, "rb") as nul, \
+             socket.socket(socket.AF_UNIX, socket.SOCK_STREAM) as s:
+            s.connect(self.path)
+            socket.send_fds(s, [b"F"], [nul.fileno(), out.fileno(), err.fileno()])
+            req = json.dumps({"argv": argv, "env": env, "cwd": str(cwd or os.getcwd()), "umask": umask}).encode()
+            s.sendall(struct.pack("!I", len(req)) + req)
+            buf = b""
+            def answer():                               # the parent's next JSON line
+                nonlocal buf
+                while b"\n" not in buf:
+                    got = s.recv(4096)
+                    if not got: raise RuntimeError("the forking parent of har-colab processes went away: " + self.dir)
+                    buf += got
+                line, buf = buf.split(b"\n", 1)
+                return json.loads(line)
+            pid = answer()["pid"]
+            s.settimeout(timeout)
+            try: status, timed_out = answer()["status"], False
+            except TimeoutError:
+                os.kill(pid, signal.SIGKILL); s.settimeout(None)
+                status, timed_out = answer()["status"], True
+            out.seek(0); err.seek(0)
+            stdout, stderr = out.read().decode(errors="replace"), err.read().decode(errors="replace")
+        if timed_out: raise subprocess.TimeoutExpired(argv, timeout, output=stdout, stderr=stderr)
+        return subprocess.CompletedProcess(argv, os.waitstatus_to_exitcode(status), stdout, stderr)
+
+
 def run_cli(*args, cwd=None, timeout=1500, env=None, **popen):
-    "Run `har-colab ARGS` in a subprocess (`popen`: more `subprocess.run` arguments); returns CompletedProcess with text stdout/stderr."
+    """Run `har-colab ARGS` in its own process (`popen`: more `subprocess.run` arguments); returns CompletedProcess with
+    text stdout/stderr. The process is forked from `CliParent` when it can be, else (or with HAR_COLAB_TEST_FRESH_CLI=1)
+    a fresh interpreter runs the console script."""
     e = dict(os.environ, **(env or {}))
     e.setdefault("PYTHONUNBUFFERED", "1")
-    return subprocess.run([str(BIN / "har-colab"), *map(str, args)], cwd=cwd, capture_output=True, text=True,
-                          timeout=timeout, env=e, **popen)
+    argv = [str(BIN / "har-colab"), *map(str, args)]
+    if not os.environ.get("HAR_COLAB_TEST_FRESH_CLI") and set(popen) <= {"umask"}:
+        parent = CliParent.get()
+        if parent.takes(e): return parent.run(argv, cwd, e, timeout, **popen)
+    return subprocess.run(argv, cwd=cwd, capture_output=True, text=True, timeout=timeout, env=e, **popen)
 
 
 @pytest.fixture(scope="session")

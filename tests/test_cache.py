@@ -3,8 +3,6 @@ import json
 import multiprocessing as mp
 import os
 import shutil
-import subprocess
-import sys
 import time
 import types
 from pathlib import Path
@@ -13,7 +11,6 @@ import numpy as np
 import pytest
 import torch
 
-ROOT = Path(__file__).resolve().parents[1]
 SPEC = types.SimpleNamespace(frames=8, stride=2, resize=48, crop=40, mean=(0.45, 0.42, 0.4), std=(0.225, 0.22, 0.23))
 
 
@@ -137,11 +134,10 @@ def test_size_report_and_limit(videos, tmp_path):
 def test_train_with_local_cache_reports_the_estimate(videos, tmp_path):
     "`train --cache local --cache-dir D`: the size estimate is printed and logged, the cache filled, training works."
     data = Path(videos.paths[0]).parents[1]
-    env = dict(os.environ, PYTHONPATH=str(ROOT))
-    cmd = [sys.executable, "-m", "har_colab.cli", "train", "--run-dir", tmp_path / "run", "--data", data, "--model", "tiny3d",
-           "--no-pretrained", "--epochs", "2", "--batch-size", "2", "--workers", "0", "--cache", "local",
-           "--cache-dir", tmp_path / "cache", "--cache-max-gb", "1", "--no-progress", "--no-plot"]
-    p = subprocess.run([str(c) for c in cmd], capture_output=True, text=True, env=env, timeout=300)
+    from conftest import run_cli
+    p = run_cli("train", "--run-dir", tmp_path / "run", "--data", data, "--model", "tiny3d", "--no-pretrained", "--epochs", "2",
+                "--batch-size", "2", "--workers", "0", "--cache", "local", "--cache-dir", tmp_path / "cache", "--cache-max-gb", "1",
+                "--no-progress", "--no-plot", timeout=300)
     assert p.returncode == 0, p.stderr[-2000:]
     assert "clip cache: 7 videos" in p.stdout
     assert "clip cache: 7 videos" in (tmp_path / "run" / "events.log").read_text()

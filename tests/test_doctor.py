@@ -1,18 +1,14 @@
 "The doctor on a healthy synthetic setup, on classic mistakes planted one at a time, and through the CLI."
-import os
 import shutil
-import subprocess
-import sys
-from pathlib import Path
 
 import pytest
 import torch
 
+from conftest import run_cli
 from har_colab.datasets import Samples
 from har_colab.doctor import DoctorCallback, doctor, check_input_stats, check_layout
 from har_colab.train import TrainConfig, build_samples, resolve_config
 
-ROOT = Path(__file__).resolve().parents[1]
 
 
 @pytest.fixture(scope="module")
@@ -137,10 +133,8 @@ def test_callback_warns_to_events_log_and_stops_on_nan(tmp_path):
     assert t.stop == "loss became NaN" and "loss finite" in (tmp_path / "events.log").read_text()
 
 
-def cli(*args):
-    env = dict(os.environ, PYTHONPATH=str(ROOT), OMP_NUM_THREADS="1")
-    return subprocess.run([sys.executable, "-m", "har_colab.cli", "doctor", *map(str, args)], capture_output=True, text=True,
-                          env=env, timeout=600)
+def cli(*args, **env):
+    return run_cli("doctor", *args, env={"OMP_NUM_THREADS": "1", "MKL_NUM_THREADS": "1", **env}, timeout=600)
 
 
 def test_cli_exit_codes(data, tmp_path):
@@ -168,9 +162,7 @@ def test_out_of_memory_in_the_doctor_halves_its_batch_and_says_so(data, tmp_path
 
 def test_out_of_memory_at_batch_1_in_the_doctor_is_one_line(data, tmp_path):
     base = ["--model", "tiny3d", "--no-pretrained", "--no-hflip", "--workers", "0"]
-    env = dict(os.environ, PYTHONPATH=str(ROOT), OMP_NUM_THREADS="1", HAR_COLAB_OOM_ABOVE="0")
-    r = subprocess.run([sys.executable, "-m", "har_colab.cli", "doctor", "--data", str(data), *base, "--run-dir",
-                        str(tmp_path / "run")], capture_output=True, text=True, env=env, timeout=600)
+    r = cli("--data", data, *base, "--run-dir", tmp_path / "run", HAR_COLAB_OOM_ABOVE="0")
     ours = [l for l in r.stderr.splitlines() if l.startswith("har-colab")]
     assert r.returncode == 2 and len(ours) == 1 and "Traceback" not in r.stderr, r.stdout[-2000:] + r.stderr[-2000:]
     assert "out of GPU memory in the doctor's model checks even at batch 1" in ours[0] and "--frames" in ours[0], ours[0]

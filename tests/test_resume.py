@@ -1,17 +1,14 @@
 """Issue 5: a run killed with SIGKILL at random moments and resumed each time ends bit-for-bit where an uninterrupted
 run ends; clean stops (SIGTERM, Ctrl-C, time budget) exit with code 3 and resume; broken checkpoints fall back."""
 import csv
-import os
 import random
 import signal
-import subprocess
-import sys
 from pathlib import Path
 
 import pytest
 import torch
 
-from conftest import BIN, run_cli
+from conftest import run_cli
 
 from har_colab.plots import TIMING_COLUMNS
 
@@ -29,12 +26,6 @@ def _two_threads():
 def train_args(run, data, *extra):
     return ["train", "--run-dir", run, "--data", data, "--model", "tiny3d", "--no-pretrained", "--no-hflip", "--epochs", "6",
             "--batch-size", "8", "--lr", "5e-4", "--eval-clips", "2", "--no-progress", "--no-plot", *extra]
-
-
-def start(args, env=None):
-    e = dict(os.environ, PYTHONUNBUFFERED="1", **(env or {}))
-    return subprocess.Popen([str(BIN / "har-colab"), *map(str, args)], stdout=subprocess.PIPE, stderr=subprocess.PIPE,
-                            text=True, env=e)
 
 
 def rows(run):
@@ -56,9 +47,8 @@ def reference(small_data, tmp_path_factory):
 
 def launch(run, data, env):
     "Train until the fault in `env` kills the process; it must die of it, on any machine."
-    p = start(train_args(run, data, "--save-every-minutes", "0"), env=env)   # a checkpoint after every step
-    out, err = p.communicate(timeout=300)
-    assert p.returncode == -signal.SIGKILL, f"{env}: exit {p.returncode}\n{err[-2000:]}"
+    p = run_cli(*train_args(run, data, "--save-every-minutes", "0"), env=env, timeout=300)   # a checkpoint after every step
+    assert p.returncode == -signal.SIGKILL, f"{env}: exit {p.returncode}\n{p.stderr[-2000:]}"
     last = Path(run) / "checkpoints" / "last.pt"
     assert not last.exists() or torch.load(last, weights_only=True)        # whatever is there loads
 
