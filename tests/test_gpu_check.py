@@ -1,21 +1,28 @@
 """`benchmarks/gpu_check.py --device cpu --quick` runs in CI so that the script a lent GPU runs never rots."""
-import subprocess
+import importlib.util
 import sys
 from pathlib import Path
 
 import pytest
+
+from conftest import run_cli
 
 pytestmark = pytest.mark.timeout(600)
 HERE = Path(__file__).resolve().parents[1]
 SCRIPT = next((p for p in (HERE / "benchmarks" / "gpu_check.py", HERE / "gpu_check.py") if p.exists()), None)   # checkout, Colab twin
 
 
-def test_gpu_check_quick_on_the_cpu(tmp_path):
+def test_gpu_check_quick_on_the_cpu(tmp_path, monkeypatch, capsys):
+    "The script's main() in this process; its `har-colab` commands through `run_cli`, each its own process as in the script."
     assert SCRIPT is not None, "benchmarks/gpu_check.py is missing"
+    spec = importlib.util.spec_from_file_location("gpu_check", SCRIPT)
+    gpu_check = importlib.util.module_from_spec(spec); spec.loader.exec_module(gpu_check)
+    monkeypatch.setattr(gpu_check, "har", lambda *args, env=None, timeout=600: run_cli(*args, env=env, timeout=timeout))
     out = tmp_path / "gpu_check.md"
-    r = subprocess.run([sys.executable, str(SCRIPT), "--device", "cpu", "--quick", "--out", out], capture_output=True,
-                       text=True, timeout=540)
-    assert r.returncode == 0, r.stdout[-3000:] + r.stderr[-3000:]
+    monkeypatch.setattr(sys, "argv", [str(SCRIPT), "--device", "cpu", "--quick", "--out", str(out)])
+    code = gpu_check.main()
+    said = capsys.readouterr()
+    assert code == 0, said.out[-3000:] + said.err[-3000:]
     md = out.read_text()
     for section in ("### One training step", "### Out-of-memory fallback", "### Out-of-memory inside the optimizer step",
                     "### Killed with SIGKILL and resumed",
