@@ -13,9 +13,12 @@ the call's environment differs from the parent's in anything read at start-up (P
 `conftest.FORK_SAFE_ENV`), and always with HAR_COLAB_TEST_FRESH_CLI=1.
 
 Protocol (one connection per call): the caller sends 1 byte with three file descriptors (stdin, stdout, stderr), then a
-length-prefixed JSON request {argv, env, cwd, umask}; the parent answers a JSON line {"pid": N}, and when the child has
-ended a JSON line {"status": S} (S as `os.waitpid` gives it). The parent exits when its stdin closes (its test process
-is gone)."""
+length-prefixed JSON request {argv, env, cwd, umask, run}; the parent answers a JSON line {"pid": N}, and when the child
+has ended a JSON line {"status": S} (S as `os.waitpid` gives it). `run` says what the child runs as `__main__`: absent,
+the console script (`main()` with `argv` as sys.argv); {"module": M}, `python -m M ARGV`; {"script": S}, `python S ARGV`
+(tests/cli_client.py, the stand-in process torchrun starts). A caller that goes away before its child has ended (killed,
+or its connection closed) takes the child with it: SIGKILL, as the kernel would end a process group. The parent exits
+when its stdin closes (its test process is gone)."""
 import json
 import os
 import select
@@ -53,10 +56,17 @@ def serve(path):
     sys.stdout.write("ready\n"); sys.stdout.flush()
     children = {}                                  # pid -> the caller's connection
     while True:
-        ready, _, _ = select.select([listener, sys.stdin], [], [], 0.05 if children else 1.0)
+        callers = {conn: pid for pid, conn in children.items() if conn is not None}
+        ready, _, _ = select.select([listener, sys.stdin, *callers], [], [], 0.05 if children else 1.0)
         if sys.stdin in ready and not os.read(sys.stdin.fileno(), 4096):
             for pid in children: os.kill(pid, 9)
             os._exit(0)
+        for conn in set(ready) & set(callers):     # a caller sends nothing after its request: this is its end
+            try: gone = not conn.recv(1)
+            except OSError: gone = True
+            if gone:
+                pid = callers[conn]
+                os.kill(pid, 9); conn.close(); children[pid] = None
         if listener in ready:
             conn, _ = listener.accept()
             try:
@@ -79,7 +89,8 @@ def serve(path):
 
 def child(req, fds, to_close):
     "In the forked child: become the `har-colab` process the caller asked for."
-    for s in to_close: s.close()
+    for s in to_close:
+        if s is not None: s.close()
     for i, fd in enumerate(fds):
         os.dup2(fd, i)
         os.close(fd)
@@ -95,8 +106,23 @@ def child(req, fds, to_close):
     sys.argv = list(req["argv"])
 
 
+def run(req):
+    "Run what the request names as `__main__`, as the interpreter's command line would."
+    import runpy
+    what = req.get("run") or {}
+    if "module" in what:                           # python -m M: sys.path[0] is the working directory
+        sys.path[0] = os.getcwd()
+        sys.modules.pop(what["module"], None)      # run as __main__ only, as a fresh `python -m` does
+        runpy.run_module(what["module"], run_name="__main__", alter_sys=True)
+    elif "script" in what:                         # python S: sys.path[0] is the script's folder
+        sys.path[0] = os.path.dirname(os.path.abspath(what["script"]))
+        runpy.run_path(what["script"], run_name="__main__")
+    else:
+        from har_colab.cli import main
+        sys.exit(main())
+
+
 if __name__ == "__main__":
     request, fds, to_close = serve(sys.argv[1])
     child(request, fds, to_close)
-    from har_colab.cli import main
-    sys.exit(main())
+    run(request)

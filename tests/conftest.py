@@ -86,6 +86,18 @@ class CliParent:
         return subprocess.CompletedProcess(argv, os.waitstatus_to_exitcode(status), stdout, stderr)
 
 
+def python_command(env, fresh=False):
+    """The start of a command line that runs `-m MODULE ARGS` or `SCRIPT ARGS` the way `python` would, for processes the
+    tests do not start themselves (torchrun's): a small client (tests/cli_client.py) whose process is forked from
+    `CliParent` with the client's environment, files and signals, when `env` (the environment the command is started
+    with) allows it; else (`fresh`, or HAR_COLAB_TEST_FRESH_CLI=1) the interpreter itself. torchrun adds RANK,
+    MASTER_ADDR, TORCHELASTIC_*, ...: read when the process group starts, never at start-up, so they may differ."""
+    if not fresh and not os.environ.get("HAR_COLAB_TEST_FRESH_CLI"):
+        parent = CliParent.get()
+        if parent.takes(env): return [sys.executable, str(Path(__file__).with_name("cli_client.py")), parent.path]
+    return [sys.executable]
+
+
 def run_cli(*args, cwd=None, timeout=1500, env=None, **popen):
     """Run `har-colab ARGS` in its own process (`popen`: more `subprocess.run` arguments); returns CompletedProcess with
     text stdout/stderr. The process is forked from `CliParent` when it can be, else (or with HAR_COLAB_TEST_FRESH_CLI=1)

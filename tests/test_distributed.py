@@ -14,15 +14,13 @@ from pathlib import Path
 import pytest
 import torch
 
+from conftest import python_command
 from har_colab.plots import TIMING_COLUMNS
 from har_colab.train import read_eval
 
-ROOT = Path(__file__).resolve().parents[1]
-
-
 def env(**faults):
     # a collective gives up after 300 s (the library's default: 60 minutes), so a process left waiting ends within the test
-    return dict(os.environ, PYTHONPATH=str(ROOT), OMP_NUM_THREADS="1", PYTHONUNBUFFERED="1", HAR_COLAB_DIST_TIMEOUT="300", **faults)
+    return dict(os.environ, OMP_NUM_THREADS="1", PYTHONUNBUFFERED="1", HAR_COLAB_DIST_TIMEOUT="300", **faults)
 
 
 def free_port():
@@ -36,11 +34,15 @@ def train_args(run, data, *extra):
             "--batch-size", "8", "--lr", "5e-4", "--eval-clips", "2", "--workers", "0", "--no-progress", "--no-plot", *extra]
 
 
-def command(nproc, args, script=None):
-    "`har-colab ARGS` in 1 process, or under torchrun with `nproc` processes (`script`: a file standing in for the CLI)."
-    if nproc == 1: return [sys.executable, "-m", "har_colab.cli", *map(str, args)]
+def command(nproc, args, script=None, fresh=False):
+    """`har-colab ARGS` in 1 process, or under torchrun with `nproc` processes (`script`: a file standing in for the CLI).
+    Each such process is forked from the test process's parent of CLI processes (`conftest.python_command`), unless
+    `fresh`: one torchrun test (test_run_folder's lock) keeps fresh interpreters, and HAR_COLAB_TEST_FRESH_CLI=1 all."""
+    main = [str(script)] if script else ["-m", "har_colab.cli"]
+    py = python_command(env(), fresh)
+    if nproc == 1: return [*py, *main, *map(str, args)]
     return [sys.executable, "-m", "torch.distributed.run", f"--nproc_per_node={nproc}", "--master_port", str(free_port()),
-            *([str(script)] if script else ["-m", "har_colab.cli"]), *map(str, args)]
+            *py[1:], *main, *map(str, args)]           # torchrun starts `python -u [client SOCKET] MAIN ARGS`
 
 
 def run(nproc, args, timeout=400):

@@ -154,8 +154,9 @@ def test_under_torchrun_process_0_holds_the_lock(small_data, tmp_path):
     from test_distributed import command, env
     run, pause = tmp_path / "run", tmp_path / "pause"
     pause.mkdir()
-    p = subprocess.Popen(command(2, train_args(run, small_data, epochs=2)), stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
-                         text=True, env={**env(), **pause_env(pause, 2)})
+    # fresh interpreters: rank_pid finds the worker among torchrun's own children
+    p = subprocess.Popen(command(2, train_args(run, small_data, epochs=2), fresh=True), stdout=subprocess.PIPE,
+                         stderr=subprocess.STDOUT, text=True, env={**env(), **pause_env(pause, 2)})
     try:
         paused(pause, 2, p)                              # process 0 holds before epoch 2, process 1 waits for it
         holder = json.loads((run / "train.lock").read_text())["pid"]
