@@ -319,20 +319,24 @@ _OS_FIX = {"eval": "eval writes eval*.json and confusion*.png into the run folde
            "predict": "give --csv / --timeline files you can write to", "synth": "give an output folder you can write to",
            "prepare": "give an --out folder you can write to, with room for the dataset"}
 
+def _error_line(line:str):
+    """`line` on stderr in one write: under torchrun every process prints its error line into the same pipe, and `python -u`
+    writes print()'s text and its newline apart, so two processes' lines could run into one."""
+    sys.stderr.write(line + "\n"); sys.stderr.flush()
+
 def _run_command(argv) -> int:
     from har_colab.core import HarError                 # imports torch: the seconds a Ctrl-C most often lands in
     args = build_parser().parse_args(argv)
     try: return COMMANDS[args.command](args)
     except HarError as e:
-        print(f"har-colab {args.command}: error: {e}", file=sys.stderr)
+        _error_line(f"har-colab {args.command}: error: {e}")
         return e.exit_code
     except OSError as e:
         if e.errno not in _OS_ERRNOS: raise
         fix = _OS_FIX.get(args.command, "check the path and the free space (in Colab: mount Drive again)")
         name = e.filename2 or e.filename              # os.replace(temp, target): the target
         where = f"{name}: " if name else ""
-        print(f"har-colab {args.command}: error: {where}{e.strerror or e} ({errno.errorcode.get(e.errno, e.errno)}); {fix}",
-              file=sys.stderr)
+        _error_line(f"har-colab {args.command}: error: {where}{e.strerror or e} ({errno.errorcode.get(e.errno, e.errno)}); {fix}")
         return 2
 
 def main(argv=None) -> int:
@@ -340,7 +344,7 @@ def main(argv=None) -> int:
     try: code = _run_command(argv)
     except KeyboardInterrupt:                           # Ctrl-C while importing, starting or stopping: one line
         words = [a for a in (sys.argv[1:] if argv is None else argv) if not str(a).startswith("-")][:1]
-        print(f"har-colab {' '.join(words) or ''}: interrupted".replace(" :", ":"), file=sys.stderr); code = 3
+        _error_line(f"har-colab {' '.join(words) or ''}: interrupted".replace(" :", ":")); code = 3
     if __name__ == "__main__" or argv is None: sys.exit(code)
     return code
 

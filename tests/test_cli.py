@@ -50,6 +50,20 @@ def test_demo_learns_motion_and_resumes(tmp_path, motion_data):
     assert r3.returncode == 0 and "already trained 11/11 epochs; to train more, run again with --epochs 12" in r3.stdout, r3.stdout
 
 
+def test_an_error_line_is_one_write(tmp_path, monkeypatch):
+    """Under torchrun every process prints its error line into one pipe, unbuffered (`python -u`): a line written in two
+    parts (print()'s text, then its newline) could run into another process's line. Each line is one write."""
+    import io, sys
+    from har_colab.cli import main
+    writes = []
+    class Recorder(io.StringIO):
+        def write(self, s): writes.append(s); return len(s)
+    monkeypatch.setattr(sys, "stderr", Recorder())
+    assert main(["eval", "--run-dir", str(tmp_path / "none")]) == 2
+    assert main(["plot", "--run-dir", str(tmp_path / "none")]) == 2
+    assert len(writes) == 2 and all(w.startswith("har-colab ") and w.endswith("\n") and w.count("\n") == 1 for w in writes), writes
+
+
 def test_train_bad_flag_value_is_one_line_exit_2(tmp_path):
     r = run_cli("train", "--run-dir", tmp_path, "--data", tmp_path, "--model", "tiny3d", "--freeze", "half")
     assert r.returncode == 2 and len(r.stderr.strip().splitlines()) == 1
