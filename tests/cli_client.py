@@ -14,16 +14,23 @@ import struct
 import sys
 
 
+def send_request(path, fds, request:dict) -> socket.socket:
+    "A call to the forking parent at `path` (tests/cli_zygote.py): `fds` (stdin, stdout, stderr), then `request`."
+    s = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+    s.connect(path)
+    socket.send_fds(s, [b"F"], list(fds))
+    req = json.dumps(request).encode()
+    s.sendall(struct.pack("!I", len(req)) + req)
+    return s
+
+
 def main():
     path, *argv = sys.argv[1:]
     what = {"module": argv[1]} if argv[0] == "-m" else {"script": os.path.abspath(argv[0])}
     args = argv[2:] if argv[0] == "-m" else argv[1:]
     umask = os.umask(0); os.umask(umask)
-    s = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
-    s.connect(path)
-    socket.send_fds(s, [b"F"], [0, 1, 2])
-    req = json.dumps({"run": what, "argv": ["-", *args], "env": dict(os.environ), "cwd": os.getcwd(), "umask": umask})
-    s.sendall(struct.pack("!I", len(req.encode())) + req.encode())
+    s = send_request(path, [0, 1, 2], {"run": what, "argv": ["-", *args], "env": dict(os.environ), "cwd": os.getcwd(),
+                                       "umask": umask})
     answers = s.makefile("rb")
     line = answers.readline()
     if not line: sys.exit("cli_client: the forking parent went away before it started the process")

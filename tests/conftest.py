@@ -58,13 +58,11 @@ class CliParent:
         return True
 
     def run(self, argv, cwd, env, timeout, umask=None):
-        import json, signal, socket, struct, tempfile
+        import json, signal, tempfile
+        from cli_client import send_request
         with tempfile.TemporaryFile() as out, tempfile.TemporaryFile() as err, open(os.devnull, "rb") as nul, \
-             socket.socket(socket.AF_UNIX, socket.SOCK_STREAM) as s:
-            s.connect(self.path)
-            socket.send_fds(s, [b"F"], [nul.fileno(), out.fileno(), err.fileno()])
-            req = json.dumps({"argv": argv, "env": env, "cwd": str(cwd or os.getcwd()), "umask": umask}).encode()
-            s.sendall(struct.pack("!I", len(req)) + req)
+             send_request(self.path, [nul.fileno(), out.fileno(), err.fileno()],
+                          {"argv": argv, "env": env, "cwd": str(cwd or os.getcwd()), "umask": umask}) as s:
             buf = b""
             def answer():                               # the parent's next JSON line
                 nonlocal buf
