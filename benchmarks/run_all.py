@@ -30,6 +30,7 @@ BENCHES = {
     "seed_run": (["bench_seed_run.py"], [], "results_seed_run.md", "the seed's run scaled down: old defaults vs new (validation clips, cache)"),
     "transfer": (["bench_transfer.py"], [], "results_transfer.md", "few videos per class: scratch vs --init with the recipe off / on"),
     "memory": (["memory_table.py"], [], "results_memory.md", "training activation memory per clip and the T4 micro-batch estimate"),
+    "tests": (["bench_test_processes.py"], [], "results_tests.md", "the test suite's CLI processes: fresh interpreters vs forked"),
     "gpu_check": (["gpu_check.py", "--device", "cpu", "--quick", "--out", "benchmarks/results_gpu_check.md"], [],
                   "results_gpu_check.md", "the GPU check's code path on the CPU (on a GPU: `python benchmarks/gpu_check.py`)"),
 }
